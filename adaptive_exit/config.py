@@ -1,0 +1,185 @@
+"""YAML recipes: load, apply ``a.b=value`` overrides, validate against dataclasses.
+
+Unknown keys are errors that name the full key path (``train.lr_rate``), and
+values are type-checked against the dataclass field types.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .training import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A recipe or override is wrong; the message names the key and the file."""
+
+
+@dataclass
+class EvalConfig:
+    """The ``eval:`` section: traces, sweeps and the timed default policy."""
+
+    split: str = "dev"
+    batch_size: int = 64
+    metrics: list = field(default_factory=lambda: ["accuracy"])
+    policy: Any = "patience:2"
+    sweeps: dict = field(default_factory=dict)
+    timing_batch_size: int = 32
+    timing_repeats: int = 3
+
+
+@dataclass
+class CalibrateConfig:
+    """The ``calibrate:`` section: a budget and the candidate policies."""
+
+    budget: Any = None
+    split: str = "dev"
+    heldout_fraction: float = 0.5
+    candidates: dict = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    domain: str
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set ``a.b.c=value`` entries (value parsed as YAML) on a nested dict copy."""
+    data = _deep_copy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+# --------------------------------------------------------------------------- validation
+
+def from_dict(cls: type, data: Any, path: str = "", source: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and bad types."""
+    where = f" in {source}" if source else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'recipe'}{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key '{full}'{where}; valid keys here: {', '.join(names)}")
+    values = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        values[key] = _check(hints[key], value, full, where, source)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key '{(path + '.') if path else ''}{missing[0]}'{where}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or 'recipe'}{where}: {exc}") from None
+
+
+def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path, source)
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(option, value, path, where, source)
+            except ConfigError:
+                continue
+        raise ConfigError(f"'{path}'{where} has a bad value {value!r}; expected {hint}")
+    base = origin or hint
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is bool and not isinstance(value, bool):
+        raise ConfigError(f"'{path}'{where} must be true or false, got {value!r}")
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"'{path}'{where} must be an integer, got {value!r}")
+    if isinstance(base, type) and not isinstance(value, base):
+        raise ConfigError(f"'{path}'{where} must be {base.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
+    """Load, override and validate a recipe. Returns (Recipe, resolved dict)."""
+    data = apply_overrides(load_yaml(path), overrides or [])
+    recipe = from_dict(Recipe, data, source=str(path))
+    return recipe, recipe_to_dict(recipe)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_resolved(recipe: Recipe, run_dir: str | os.PathLike) -> Path:
+    from . import io
+
+    path = Path(run_dir) / "config.yaml"
+    io.write_text(path, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    return path

@@ -1,0 +1,305 @@
+"""Sweeps over recorded traces: quality-vs-cost rows, oracle, Pareto front, reports."""
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import io
+from .policies import Budget, ExitPolicy, build_policy
+from .staged import ExitResult
+from .traces import Trace, replay
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def accuracy(outputs: Tensor, targets: Tensor) -> float:
+    return float((outputs.argmax(-1) == targets).double().mean())
+
+
+def _as_values(outputs: Tensor) -> Tensor:
+    return outputs.reshape(outputs.shape[0], -1)[:, 0].double()
+
+
+def mse(outputs: Tensor, targets: Tensor) -> float:
+    return float((_as_values(outputs) - targets.double().reshape(-1)).pow(2).mean())
+
+
+def pearson(outputs: Tensor, targets: Tensor) -> float:
+    x, y = _as_values(outputs), targets.double().reshape(-1)
+    x, y = x - x.mean(), y - y.mean()
+    den = x.norm() * y.norm()
+    return float((x * y).sum() / den) if den > 0 else float("nan")
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks (ties share their mean rank), as scipy.stats.rankdata."""
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x)
+    i, n = 0, x.numel()
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def spearman(outputs: Tensor, targets: Tensor) -> float:
+    x, y = _as_values(outputs), targets.double().reshape(-1)
+    return pearson(_ranks(x).unsqueeze(1), _ranks(y))
+
+
+METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
+    "accuracy": accuracy,
+    "mse": mse,
+    "pearson": pearson,
+    "spearman": spearman,
+}
+LOWER_IS_BETTER = {"mse"}
+
+
+def score(trace: Trace, exit_stage: Tensor, metric: str) -> float:
+    """Quality of the outputs chosen by ``exit_stage`` under ``metric``.
+
+    Per-sample quality stored in the trace (PESQ, SI-SDR, ...) is averaged over
+    the samples where it is defined (NaN-flagged samples are left out).
+    """
+    if metric in trace.quality:
+        values = trace.quality[metric][torch.arange(trace.num_samples), exit_stage]
+        valid = ~torch.isnan(values)
+        return float(values[valid].mean()) if bool(valid.any()) else float("nan")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)} and trace quality {sorted(trace.quality)}")
+    if trace.targets is None:
+        raise ValueError(f"metric {metric!r} needs targets, and the trace has none")
+    return METRICS[metric](trace.stage_output(exit_stage), trace.targets)
+
+
+def per_sample_quality(trace: Trace, metric: str) -> Tensor:
+    """(N, L) per-sample quality, higher is better; used for the oracle."""
+    if metric in trace.quality:
+        q = trace.quality[metric].double()
+        return torch.nan_to_num(q, nan=-math.inf)
+    if trace.targets is None:
+        raise ValueError("the oracle needs targets or per-stage quality in the trace")
+    if metric == "accuracy":
+        return (trace.outputs.argmax(-1) == trace.targets.unsqueeze(1)).reshape(trace.num_samples, trace.num_stages, -1).double().mean(-1)
+    values = trace.outputs.reshape(trace.num_samples, trace.num_stages, -1)[..., 0].double()
+    return -(values - trace.targets.double().reshape(-1, 1)).pow(2)
+
+
+def oracle_exit_stage(trace: Trace, metric: str) -> Tensor:
+    """Per sample, the earliest stage with the best quality (the upper bound)."""
+    quality = per_sample_quality(trace, metric)
+    best = quality.amax(dim=1, keepdim=True)
+    is_best = quality >= best
+    return is_best.double().argmax(dim=1)  # first True
+
+
+# --------------------------------------------------------------------------- rows
+
+@dataclass
+class Row:
+    """One operating point: a policy (or baseline) with its quality and cost."""
+
+    name: str
+    family: str
+    param: Any
+    metrics: dict[str, float]
+    mean_stages: float
+    speedup: float
+    cost_fraction: float
+    saved_fraction: float
+    histogram: list[int]
+    pareto: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("metrics", "histogram", "extra")}
+        out.update(self.metrics)
+        out["histogram"] = " ".join(str(h) for h in self.histogram)
+        return out
+
+
+def make_row(trace: Trace, result: ExitResult, name: str, family: str, param: Any, metrics: Sequence[str]) -> Row:
+    return Row(
+        name=name,
+        family=family,
+        param=param,
+        metrics={m: score(trace, result.exit_stage, m) for m in metrics},
+        mean_stages=result.mean_stages,
+        speedup=result.speedup,
+        cost_fraction=result.cost_fraction,
+        saved_fraction=result.saved_fraction,
+        histogram=result.histogram(),
+    )
+
+
+def evaluate_policy(trace: Trace, policy: ExitPolicy | str | dict, metrics: Sequence[str], family: str = "policy", param: Any = None) -> Row:
+    policy = build_policy(policy)
+    return make_row(trace, replay(trace, policy), policy.spec(), family, param, metrics)
+
+
+def expand_family(family: str, values: Iterable[Any]) -> list[tuple[str, Any]]:
+    """``("patience", [1, 2])`` -> specs; a family with ``{}`` is a template."""
+    template = family if "{}" in family else family + ":{}"
+    return [(template.format(v), v) for v in values]
+
+
+def sweep(trace: Trace, family: str, values: Iterable[Any], metrics: Sequence[str]) -> list[Row]:
+    name = family.split(":")[0]
+    return [evaluate_policy(trace, spec, metrics, family=name, param=v) for spec, v in expand_family(family, values)]
+
+
+def static_rows(trace: Trace, metrics: Sequence[str]) -> list[Row]:
+    """Baselines that always exit at stage k (static truncation), k = 1..L."""
+    rows = []
+    for k in range(1, trace.num_stages + 1):
+        row = evaluate_policy(trace, Budget(max_stages=k), metrics, family="static", param=k)
+        row.name = f"static:{k}"
+        rows.append(row)
+    return rows
+
+
+def oracle_row(trace: Trace, metrics: Sequence[str], primary: str) -> Row:
+    stages = oracle_exit_stage(trace, primary)
+    cumulative = torch.tensor(trace.stage_costs, dtype=torch.float64).cumsum(0)
+    result = ExitResult(trace.stage_output(stages), stages, cumulative[stages], trace.num_stages, trace.full_cost)
+    return make_row(trace, result, "oracle", "oracle", None, metrics)
+
+
+def mark_pareto(rows: list[Row], primary: str) -> list[Row]:
+    """Mark rows not dominated in (quality, speed-up); returns the front, by speed-up."""
+    sign = -1.0 if primary in LOWER_IS_BETTER else 1.0
+    candidates = [r for r in rows if r.family != "oracle" and not math.isnan(r.metrics[primary])]
+    front = []
+    for row in candidates:
+        q = sign * row.metrics[primary]
+        dominated = any(
+            (sign * o.metrics[primary] >= q and o.speedup >= row.speedup)
+            and (sign * o.metrics[primary] > q or o.speedup > row.speedup)
+            for o in candidates
+        )
+        row.pareto = not dominated
+        if row.pareto:
+            front.append(row)
+    return sorted(front, key=lambda r: r.speedup)
+
+
+def best_within(rows: list[Row], primary: str, reference: float, max_drop: float) -> Row | None:
+    """The fastest row whose quality is within ``max_drop`` of ``reference``."""
+    sign = -1.0 if primary in LOWER_IS_BETTER else 1.0
+    ok = [r for r in rows if r.family not in ("oracle", "static") and sign * (reference - r.metrics[primary]) <= max_drop]
+    return max(ok, key=lambda r: (r.speedup, sign * r.metrics[primary])) if ok else None
+
+
+# --------------------------------------------------------------------------- report
+
+def build_report(trace: Trace, sweeps: dict[str, Iterable[Any]], metrics: Sequence[str], primary: str | None = None) -> dict[str, Any]:
+    """Every sweep, the static baselines, the full model and the oracle, as rows."""
+    if not metrics:
+        raise ValueError("at least one metric is needed")
+    primary = primary or metrics[0]
+    rows: list[Row] = []
+    for family, values in sweeps.items():
+        rows.extend(sweep(trace, family, values, metrics))
+    statics = static_rows(trace, metrics)
+    rows.extend(statics)
+    rows.append(oracle_row(trace, metrics, primary))
+    front = mark_pareto(rows, primary)
+    full = statics[-1]
+    return {
+        "primary_metric": primary,
+        "num_samples": trace.num_samples,
+        "num_stages": trace.num_stages,
+        "stage_costs": trace.stage_costs,
+        "full_model": full.metrics,
+        "per_exit": {f"exit_{k + 1}": r.metrics for k, r in enumerate(statics)},
+        "rows": [asdict(r) for r in rows],
+        "pareto_front": [r.name for r in front],
+    }
+
+
+def rows_from_report(report: dict[str, Any]) -> list[Row]:
+    return [Row(**row) for row in report["rows"]]
+
+
+def sweep_csv(rows: list[Row]) -> str:
+    flat = [r.flat() for r in rows]
+    fields: list[str] = []
+    for item in flat:
+        fields.extend(k for k in item if k not in fields)
+    buffer = _stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    return buffer.getvalue()
+
+
+def plot_rows(rows: list[Row], primary: str, path: str | Path, title: str = "") -> None:
+    """Quality vs speed-up: one line per policy family, static truncation dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    families: dict[str, list[Row]] = {}
+    for row in rows:
+        families.setdefault(row.family, []).append(row)
+    for family, items in families.items():
+        items = sorted(items, key=lambda r: r.speedup)
+        xs = [r.speedup for r in items]
+        ys = [r.metrics[primary] for r in items]
+        if family == "oracle":
+            ax.scatter(xs, ys, marker="*", s=140, color="gold", edgecolor="black", zorder=5, label="oracle")
+        elif family == "static":
+            ax.plot(xs, ys, "k--", marker="s", ms=4, label="static truncation")
+        else:
+            ax.plot(xs, ys, marker="o", ms=4, label=family)
+    front = sorted((r for r in rows if r.pareto), key=lambda r: r.speedup)
+    if front:
+        ax.plot([r.speedup for r in front], [r.metrics[primary] for r in front], color="grey", alpha=0.35, lw=6, zorder=0, label="Pareto front")
+    ax.set_xlabel("speed-up (stages / mean stages used)")
+    ax.set_ylabel(primary)
+    ax.set_title(title or f"{primary} vs speed-up")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    io.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], run_dir: str | Path, title: str = "") -> dict[str, Path]:
+    """Write results.json, sweep.csv and plot.png into ``run_dir``."""
+    run_dir = Path(run_dir)
+    rows = rows_from_report(report)
+    paths = {"results": run_dir / "results.json", "csv": run_dir / "sweep.csv", "plot": run_dir / "plot.png"}
+    io.write_json(paths["results"], report)
+    io.write_text(paths["csv"], sweep_csv(rows))
+    plot_rows(rows, report["primary_metric"], paths["plot"], title)
+    return paths
+
+
+def format_table(rows: list[Row], metrics: Sequence[str]) -> str:
+    """A Markdown table of rows (used by the CLI and the recipe READMEs)."""
+    head = "| policy | " + " | ".join(metrics) + " | mean stages | speed-up | compute saved |"
+    sep = "|---|" + "---|" * len(metrics) + "---|---|---|"
+    lines = [head, sep]
+    for r in rows:
+        values = " | ".join(f"{r.metrics[m]:.4f}" for m in metrics)
+        star = " *" if r.pareto else ""
+        lines.append(f"| {r.name}{star} | {values} | {r.mean_stages:.2f} | {r.speedup:.2f}x | {100 * r.saved_fraction:.1f}% |")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Multi-exit training objectives.
+
+* joint (PABEE): a weighted mean of every exit's task loss, weights 1..L by default.
+* two-stage (DeeBERT): phase 1 trains the backbone and the final exit; phase 2
+  freezes them and trains the other exits.
+* distill (FastBERT): phase 1 as two-stage; phase 2 trains the other exits to
+  match the final exit's distribution (KL divergence, no labels needed).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SCHEMES = ("joint", "two-stage", "distill")
+WEIGHT_SCHEMES = ("pabee", "linear", "uniform", "last-heavy")
+
+TaskLoss = Callable[[Tensor, Any], Tensor]
+
+
+def exit_weights(scheme: str | Sequence[float], num_exits: int) -> list[float]:
+    """Per-exit loss weights.
+
+    ``pabee``/``linear``: 1, 2, ..., L (deeper exits weigh more, as PABEE).
+    ``uniform``: all 1. ``last-heavy``: 0.1 for every exit but the last, which
+    gets 1. A list gives the weights explicitly.
+    """
+    if isinstance(scheme, str):
+        if scheme in ("pabee", "linear"):
+            return [float(i + 1) for i in range(num_exits)]
+        if scheme == "uniform":
+            return [1.0] * num_exits
+        if scheme == "last-heavy":
+            return [0.1] * (num_exits - 1) + [1.0]
+        raise ValueError(f"unknown exit weight scheme {scheme!r}; expected one of {WEIGHT_SCHEMES} or a list")
+    weights = [float(w) for w in scheme]
+    if len(weights) != num_exits:
+        raise ValueError(f"exit_weights has {len(weights)} values for {num_exits} exits")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"exit weights must be >= 0 with a positive sum, got {weights}")
+    return weights
+
+
+def weighted_exit_loss(losses: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """sum_i w_i * loss_i / sum_i w_i (exits with weight 0 are skipped)."""
+    total = sum(weights)
+    return sum(w * loss for w, loss in zip(weights, losses) if w) / total
+
+
+def distillation_loss(student_logits: Sequence[Tensor], teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over students of KL(teacher || student) at a temperature (teacher detached)."""
+    teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    losses = []
+    for logits in student_logits:
+        student = F.log_softmax(logits / temperature, dim=-1)
+        kl = F.kl_div(student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1]), log_target=True, reduction="batchmean")
+        losses.append(kl * temperature**2)
+    return torch.stack(losses).mean()
+
+
+class MultiExitObjective:
+    """Turns every exit's output into one training loss, per scheme and phase.
+
+    ``task_loss(output, batch)`` is the domain's loss for one exit output
+    (cross-entropy, MSE, a spectral loss). Phase 1 / 2 only matter for the
+    two-stage and distill schemes.
+    """
+
+    def __init__(self, task_loss: TaskLoss, scheme: str = "joint", weights: str | Sequence[float] = "pabee", temperature: float = 1.0):
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown training scheme {scheme!r}; expected one of {SCHEMES}")
+        if temperature <= 0:
+            raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        self.task_loss = task_loss
+        self.scheme = scheme
+        self.weights = weights
+        self.temperature = temperature
+
+    @property
+    def phases(self) -> int:
+        return 1 if self.scheme == "joint" else 2
+
+    def __call__(self, outputs: Sequence[Tensor], batch: Any, phase: int = 1) -> Tensor:
+        num = len(outputs)
+        if self.scheme == "joint":
+            weights = exit_weights(self.weights, num)
+            return weighted_exit_loss([self.task_loss(o, batch) if w else o.new_zeros(()) for o, w in zip(outputs, weights)], weights)
+        if phase == 1:
+            return self.task_loss(outputs[-1], batch)
+        if num < 2:
+            raise ValueError("a second training phase needs at least two exits")
+        if self.scheme == "two-stage":
+            weights = exit_weights(self.weights, num)[:-1]
+            return weighted_exit_loss([self.task_loss(o, batch) for o in outputs[:-1]], weights)
+        return distillation_loss(outputs[:-1], outputs[-1], self.temperature)

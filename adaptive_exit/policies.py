@@ -1,0 +1,428 @@
+"""Exit policies: per-sample rules that decide when a sample may stop.
+
+A policy is stateless between batches. For each batch it creates a per-sample
+state with ``init``; ``step(k, output, state)`` updates the state with stage k's
+exit output and returns a boolean mask of the rows that may exit now. The runner
+drops exited rows from the batch and calls ``select`` to keep the policy state
+aligned. Every decision is a function of one sample's own outputs, which is why
+a replay over recorded traces gives exactly the runner's decisions.
+
+The last stage always exits; the runner enforces that, not the policies.
+
+Build policies from short specs (``"patience:2"``, ``"entropy:0.3"``,
+``"patience:2 | budget:4"``) or dicts with :func:`build_policy`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import yaml
+from torch import Tensor
+
+from .staged import select_rows
+
+PolicyState = dict[str, Any]
+
+
+class ExitPolicy:
+    """Base class. Subclasses implement ``_init`` and ``step``."""
+
+    name = "policy"
+
+    def init(self, batch_size: int, stage_costs: Sequence[float], device: torch.device | str = "cpu") -> PolicyState:
+        state = self._init(batch_size, list(stage_costs), torch.device(device))
+        return state
+
+    def _init(self, batch_size: int, stage_costs: list[float], device: torch.device) -> PolicyState:
+        return {}
+
+    def step(self, k: int, output: Tensor, state: PolicyState) -> Tensor:
+        raise NotImplementedError
+
+    def select(self, state: PolicyState, keep: Tensor) -> PolicyState:
+        return select_rows(state, keep)
+
+    def spec(self) -> str:
+        """A string that :func:`build_policy` turns back into this policy."""
+        raise NotImplementedError
+
+    def __or__(self, other: "ExitPolicy") -> "AnyOf":
+        return AnyOf([self, other])
+
+    def __and__(self, other: "ExitPolicy") -> "AllOf":
+        return AllOf([self, other])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExitPolicy) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(self.spec())
+
+
+# --------------------------------------------------------------------------- distances
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).double()
+
+
+def abs_distance(prev: Tensor, cur: Tensor) -> Tensor:
+    """Largest absolute change of any element (PABEE's regression rule for a scalar)."""
+    return (_flat(cur) - _flat(prev)).abs().amax(dim=1)
+
+
+def l2_distance(prev: Tensor, cur: Tensor) -> Tensor:
+    return (_flat(cur) - _flat(prev)).norm(dim=1)
+
+
+def relative_distance(prev: Tensor, cur: Tensor) -> Tensor:
+    """||cur - prev||^2 / ||prev||^2: the spectral distance of progressive enhancement.
+
+    Zero-padded positions add nothing to either sum, so padding cannot leak into
+    the decision. A silent previous estimate gives +inf (never "converged").
+    """
+    num = (_flat(cur) - _flat(prev)).pow(2).sum(dim=1)
+    den = _flat(prev).pow(2).sum(dim=1)
+    out = num / den
+    return torch.where(den > 0, out, torch.where(num > 0, torch.full_like(out, math.inf), torch.zeros_like(out)))
+
+
+DISTANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "abs": abs_distance,
+    "l2": l2_distance,
+    "relative": relative_distance,
+}
+
+
+# --------------------------------------------------------------------------- policies
+
+class Patience(ExitPolicy):
+    """PABEE's patience rule.
+
+    A counter per sample: +1 when stage k's prediction equals stage k-1's, reset
+    to 0 otherwise; exit when the counter reaches ``patience``. ``patience=0``
+    never exits early. Predictions are the argmax over the last dimension (all
+    positions must agree for token outputs). With a ``threshold``, "unchanged"
+    means ``distance(prev, cur) < threshold`` instead, for regression values and
+    signals (``distance``: abs, l2 or relative).
+    """
+
+    name = "patience"
+
+    def __init__(self, patience: int, threshold: float | None = None, distance: str | None = None):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        if distance is not None and threshold is None:
+            raise ValueError("patience: a distance needs a threshold (e.g. 'patience:2,threshold=0.05,distance=relative')")
+        if threshold is not None:
+            threshold = float(threshold)
+            if not threshold >= 0:
+                raise ValueError(f"patience threshold must be >= 0, got {threshold!r}")
+            distance = distance or "abs"
+            if distance not in DISTANCES:
+                raise ValueError(f"unknown distance {distance!r}; known: {sorted(DISTANCES)}")
+        self.patience = patience
+        self.threshold = threshold
+        self.distance = distance
+
+    def _init(self, batch_size, stage_costs, device):
+        return {"counter": torch.zeros(batch_size, dtype=torch.long, device=device), "prev": None}
+
+    def _unchanged(self, prev: Tensor, output: Tensor) -> Tensor:
+        if self.threshold is None:
+            return (prev.argmax(-1) == output.argmax(-1)).reshape(output.shape[0], -1).all(dim=1)
+        return DISTANCES[self.distance](prev, output) < self.threshold
+
+    def step(self, k, output, state):
+        prev = state["prev"]
+        if prev is not None:
+            unchanged = self._unchanged(prev, output)
+            state["counter"] = torch.where(unchanged, state["counter"] + 1, torch.zeros_like(state["counter"]))
+        state["prev"] = output
+        if self.patience == 0:
+            return torch.zeros(output.shape[0], dtype=torch.bool, device=output.device)
+        return state["counter"] >= self.patience
+
+    def spec(self):
+        if self.threshold is None:
+            return f"patience:{self.patience}"
+        return f"patience:{self.patience},threshold={self.threshold:g},distance={self.distance}"
+
+
+CONFIDENCE_MEASURES = ("max_prob", "entropy", "normalized_entropy")
+
+
+class Confidence(ExitPolicy):
+    """Exit when the prediction is confident enough (DeeBERT, FastBERT).
+
+    ``max_prob``: exit when max softmax probability >= threshold.
+    ``entropy``: exit when the entropy (nats) <= threshold.
+    ``normalized_entropy``: entropy / log(num_classes) <= threshold.
+    For outputs with positions (tokens), the least confident position decides.
+    """
+
+    name = "confidence"
+
+    def __init__(self, threshold: float, measure: str = "max_prob"):
+        if measure not in CONFIDENCE_MEASURES:
+            raise ValueError(f"unknown confidence measure {measure!r}; known: {list(CONFIDENCE_MEASURES)}")
+        threshold = float(threshold)
+        if not math.isfinite(threshold) or threshold < 0:
+            raise ValueError(f"confidence threshold must be a finite number >= 0, got {threshold!r}")
+        if measure == "max_prob" and threshold > 1:
+            raise ValueError(f"max_prob threshold must be in [0, 1], got {threshold}")
+        self.threshold = threshold
+        self.measure = measure
+
+    def step(self, k, output, state):
+        if output.shape[-1] < 2:
+            raise ValueError("confidence policies need class logits (last dimension >= 2); use patience with a threshold for regression")
+        logp = torch.log_softmax(output.double(), dim=-1)
+        batch = output.shape[0]
+        if self.measure == "max_prob":
+            score = logp.amax(dim=-1).exp().reshape(batch, -1).amin(dim=1)
+            return score >= self.threshold
+        entropy = -(logp.exp() * logp).sum(dim=-1)
+        if self.measure == "normalized_entropy":
+            entropy = entropy / math.log(output.shape[-1])
+        return entropy.reshape(batch, -1).amax(dim=1) <= self.threshold
+
+    def spec(self):
+        return f"{self.measure}:{self.threshold:g}"
+
+
+class Budget(ExitPolicy):
+    """A hard cap: exit once ``max_stages`` stages ran, or before the next stage
+    would push the cumulative cost past ``max_cost`` (model cost units) or past
+    ``max_fraction`` of the full model's cost. The first stage always runs."""
+
+    name = "budget"
+
+    def __init__(self, max_stages: int | None = None, max_cost: float | None = None, max_fraction: float | None = None):
+        if max_stages is None and max_cost is None and max_fraction is None:
+            raise ValueError("budget needs max_stages, max_cost or max_fraction")
+        if max_stages is not None and (isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1):
+            raise ValueError(f"budget max_stages must be an integer >= 1, got {max_stages!r}")
+        for label, value in (("max_cost", max_cost), ("max_fraction", max_fraction)):
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"budget {label} must be > 0, got {value!r}")
+        self.max_stages = max_stages
+        self.max_cost = None if max_cost is None else float(max_cost)
+        self.max_fraction = None if max_fraction is None else float(max_fraction)
+
+    def last_stage(self, stage_costs: Sequence[float]) -> int:
+        """Index of the last stage this budget lets a sample run."""
+        num = len(stage_costs)
+        last = num - 1 if self.max_stages is None else min(num, self.max_stages) - 1
+        limits = []
+        if self.max_cost is not None:
+            limits.append(self.max_cost)
+        if self.max_fraction is not None:
+            limits.append(self.max_fraction * sum(stage_costs))
+        for limit in limits:
+            cumulative = 0.0
+            for k, cost in enumerate(stage_costs):
+                cumulative += cost
+                if k > 0 and cumulative > limit * (1 + 1e-9):
+                    last = min(last, k - 1)
+                    break
+        return last
+
+    def _init(self, batch_size, stage_costs, device):
+        return {"last": self.last_stage(stage_costs)}
+
+    def step(self, k, output, state):
+        return torch.full((output.shape[0],), k >= state["last"], dtype=torch.bool, device=output.device)
+
+    def spec(self):
+        parts = []
+        if self.max_stages is not None:
+            parts.append(f"max_stages={self.max_stages}")
+        if self.max_cost is not None:
+            parts.append(f"max_cost={self.max_cost:g}")
+        if self.max_fraction is not None:
+            parts.append(f"max_fraction={self.max_fraction:g}")
+        return "budget:" + ",".join(parts)
+
+
+class Never(ExitPolicy):
+    """Never exit early: the full model."""
+
+    name = "full"
+
+    def step(self, k, output, state):
+        return torch.zeros(output.shape[0], dtype=torch.bool, device=output.device)
+
+    def spec(self):
+        return "full"
+
+
+class Oracle(ExitPolicy):
+    """Exit at the earliest stage whose output is right (evaluation only).
+
+    ``targets`` are the batch's targets in its original row order. For class
+    logits "right" means argmax == target; with ``tolerance`` it means
+    ``|output - target| <= tolerance`` for every element (regression).
+    """
+
+    name = "oracle"
+
+    def __init__(self, targets: Tensor, tolerance: float | None = None):
+        self.targets = torch.as_tensor(targets)
+        self.tolerance = tolerance
+
+    def _init(self, batch_size, stage_costs, device):
+        if self.targets.shape[0] != batch_size:
+            raise ValueError(f"oracle has {self.targets.shape[0]} targets for a batch of {batch_size}")
+        return {"targets": self.targets.to(device)}
+
+    def step(self, k, output, state):
+        targets = state["targets"]
+        if self.tolerance is None:
+            right = output.argmax(-1) == targets
+        else:
+            right = (output.reshape(targets.shape).double() - targets.double()).abs() <= self.tolerance
+        return right.reshape(output.shape[0], -1).all(dim=1)
+
+    def spec(self):
+        return "oracle" if self.tolerance is None else f"oracle:tolerance={self.tolerance:g}"
+
+
+class _Composite(ExitPolicy):
+    def __init__(self, policies: Sequence[ExitPolicy]):
+        if len(policies) < 2:
+            raise ValueError("a composition needs at least two policies")
+        flat: list[ExitPolicy] = []
+        for policy in policies:
+            flat.extend(policy.policies if type(policy) is type(self) else [policy])
+        self.policies = flat
+
+    def _init(self, batch_size, stage_costs, device):
+        return {"children": [p.init(batch_size, stage_costs, device) for p in self.policies]}
+
+    def select(self, state, keep):
+        return {"children": [p.select(s, keep) for p, s in zip(self.policies, state["children"])]}
+
+    def _decisions(self, k, output, state) -> list[Tensor]:
+        # Every child steps at every stage so that its state stays current.
+        return [p.step(k, output, s) for p, s in zip(self.policies, state["children"])]
+
+
+class AnyOf(_Composite):
+    """Exit when any child policy says so (``a | b``)."""
+
+    name = "any"
+
+    def step(self, k, output, state):
+        decisions = self._decisions(k, output, state)
+        done = decisions[0]
+        for other in decisions[1:]:
+            done = done | other
+        return done
+
+    def spec(self):
+        return " | ".join(p.spec() for p in self.policies)
+
+
+class AllOf(_Composite):
+    """Exit when every child policy says so (``a & b``)."""
+
+    name = "all"
+
+    def step(self, k, output, state):
+        decisions = self._decisions(k, output, state)
+        done = decisions[0]
+        for other in decisions[1:]:
+            done = done & other
+        return done
+
+    def spec(self):
+        if any(isinstance(p, AnyOf) for p in self.policies):
+            raise ValueError("a spec string cannot express '&' over '|'; use a dict spec")
+        return " & ".join(p.spec() for p in self.policies)
+
+
+# --------------------------------------------------------------------------- building from specs
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_atom(text: str) -> ExitPolicy:
+    text = text.strip()
+    if not text:
+        raise ValueError("empty policy spec")
+    name, _, rest = text.partition(":")
+    name = name.strip().lower().replace("-", "_")
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        if "=" in part:
+            key, _, value = part.partition("=")
+            kwargs[key.strip()] = _parse_value(value.strip())
+        else:
+            args.append(_parse_value(part))
+    try:
+        return _build(name, args, kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments in policy spec {text!r}: {exc}") from None
+
+
+def _build(name: str, args: list, kwargs: dict) -> ExitPolicy:
+    if name == "patience":
+        return Patience(*args, **kwargs)
+    if name in CONFIDENCE_MEASURES:
+        return Confidence(*args, measure=name, **kwargs)
+    if name == "confidence":
+        return Confidence(*args, **kwargs)
+    if name == "budget":
+        return Budget(*args, **kwargs)
+    if name in ("full", "never", "none"):
+        return Never(*args, **kwargs)
+    if name == "oracle":
+        raise ValueError("the oracle needs targets: build Oracle(targets) in code (evaluation only)")
+    raise ValueError(
+        f"unknown policy {name!r}; known: patience, confidence, max_prob, entropy, normalized_entropy, budget, full"
+    )
+
+
+def build_policy(spec: str | dict | ExitPolicy) -> ExitPolicy:
+    """Build a policy from a spec string, a dict, or return a policy unchanged.
+
+    Strings: ``"patience:2"``, ``"patience:2,threshold=0.05,distance=relative"``,
+    ``"max_prob:0.9"``, ``"entropy:0.3"``, ``"normalized_entropy:0.2"``,
+    ``"budget:4"``, ``"budget:max_fraction=0.5"``, ``"full"``; combine with ``|``
+    (either) and ``&`` (both; binds tighter).
+    Dicts: ``{"type": "confidence", "measure": "entropy", "threshold": 0.3}``,
+    ``{"type": "any", "policies": [...]}``.
+    """
+    if isinstance(spec, ExitPolicy):
+        return spec
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        kind = str(spec.pop("type", "")).lower()
+        if not kind:
+            raise ValueError(f"policy dict needs a 'type' key, got {spec!r}")
+        if kind in ("any", "all"):
+            children = [build_policy(child) for child in spec.pop("policies", [])]
+            if spec:
+                raise ValueError(f"unknown keys for policy {kind!r}: {sorted(spec)}")
+            return AnyOf(children) if kind == "any" else AllOf(children)
+        try:
+            return _build(kind, [], spec)
+        except TypeError as exc:
+            raise ValueError(f"bad keys for policy {kind!r}: {exc}") from None
+    if not isinstance(spec, str):
+        raise ValueError(f"a policy spec must be a string or dict, got {type(spec).__name__}")
+    alternatives = []
+    for alternative in spec.split("|"):
+        terms = [_parse_atom(term) for term in alternative.split("&")]
+        alternatives.append(terms[0] if len(terms) == 1 else AllOf(terms))
+    return alternatives[0] if len(alternatives) == 1 else AnyOf(alternatives)

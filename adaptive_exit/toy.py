@@ -1,0 +1,191 @@
+"""A small, real staged model on a synthetic task: the core's demo domain.
+
+Each sample is a variable-length set of vectors; the label comes from a fixed
+random nonlinear "teacher" of the (masked) mean vector, so some samples are easy
+(far from a decision boundary) and some hard. The model is a stack of residual
+MLP stages over the tokens with a masked-mean exit head per stage. Padding never
+reaches the output, so a padded batch gives each sample exactly its own result.
+
+It is used by the demo recipe, the tests and ``benchmarks/core_runner.py``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import io
+from .domain import Domain
+from .staged import select_rows
+
+
+@dataclass
+class ToyModelConfig:
+    input_dim: int = 16
+    hidden: int = 64
+    num_stages: int = 6
+    num_classes: int = 4
+    dropout: float = 0.0
+
+
+@dataclass
+class ToyDataConfig:
+    train_size: int = 8000
+    dev_size: int = 1000
+    test_size: int = 1000
+    min_len: int = 3
+    max_len: int = 12
+    input_dim: int = 16
+    num_classes: int = 4
+    task_seed: int = 1234
+
+
+class ToyStagedModel(nn.Module):
+    """Residual MLP stages over padded token sets; one linear exit per stage."""
+
+    def __init__(self, config: ToyModelConfig):
+        super().__init__()
+        self.config = config
+        self.num_stages = config.num_stages
+        h = config.hidden
+        self.embed = nn.Linear(config.input_dim, h)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * h), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(2 * h, h))
+            for _ in range(config.num_stages)
+        )
+        self.mix = nn.ModuleList(nn.Linear(h, h) for _ in range(config.num_stages))
+        self.heads = nn.ModuleList(nn.Linear(h, config.num_classes) for _ in range(config.num_stages))
+
+    @staticmethod
+    def _pool(h: Tensor, mask: Tensor) -> Tensor:
+        weights = mask.to(h.dtype).unsqueeze(-1)
+        return (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def begin(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        mask = batch["mask"]
+        return {"h": self.embed(batch["x"]) * mask.unsqueeze(-1).to(batch["x"].dtype), "mask": mask}
+
+    def run_stage(self, k: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        h, mask = state["h"], state["mask"]
+        h = h + self.blocks[k](h)
+        h = h + self.mix[k](self._pool(h, mask)).unsqueeze(1)  # tokens see the set
+        return {"h": h * mask.unsqueeze(-1).to(h.dtype), "mask": mask}
+
+    def exit_output(self, k: int, state: dict[str, Tensor]) -> Tensor:
+        return self.heads[k](self._pool(state["h"], state["mask"]))
+
+    def select(self, state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        return select_rows(state, keep)
+
+    def stage_cost(self, k: int) -> float:
+        return 1.0
+
+    def backbone_parameters(self):
+        """Trained in phase 1 and frozen in phase 2: everything but the early exits."""
+        yield from self.embed.parameters()
+        yield from self.blocks.parameters()
+        yield from self.mix.parameters()
+        yield from self.heads[-1].parameters()
+
+
+def make_toy_samples(cfg: ToyDataConfig, size: int, seed: int) -> list[dict[str, Any]]:
+    """Synthetic labelled token sets.
+
+    A latent vector z is observed through 3-12 noisy tokens; the label is the
+    argmax of a fixed random readout after four random ``tanh`` maps of z. The
+    composition of maps is what makes deeper stages better; the noise and the
+    distance to a decision boundary make samples easy or hard. The teacher
+    depends on ``task_seed`` only, the samples on ``seed``.
+    """
+    teacher = torch.Generator().manual_seed(cfg.task_seed)
+    dim = cfg.input_dim
+    maps = [torch.randn(dim, dim, generator=teacher) * (2.0 / dim**0.5) for _ in range(4)]
+    readout = torch.randn(dim, cfg.num_classes, generator=teacher)
+    gen = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(size):
+        length = int(torch.randint(cfg.min_len, cfg.max_len + 1, (1,), generator=gen))
+        z = torch.randn(dim, generator=gen)
+        x = z + 0.5 * torch.randn(length, dim, generator=gen)
+        for m in maps:
+            z = torch.tanh(z @ m)
+        samples.append({"x": x, "label": int((z @ readout).argmax())})
+    return samples
+
+
+def collate_toy(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    longest = max(s["x"].shape[0] for s in samples)
+    dim = samples[0]["x"].shape[1]
+    x = torch.zeros(len(samples), longest, dim, dtype=samples[0]["x"].dtype)
+    mask = torch.zeros(len(samples), longest, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        x[i, : s["x"].shape[0]] = s["x"]
+        mask[i, : s["x"].shape[0]] = True
+    return {"x": x, "mask": mask, "labels": torch.tensor([s["label"] for s in samples])}
+
+
+class ToyDomain(Domain):
+    name = "toy"
+    model_config = ToyModelConfig
+    data_config = ToyDataConfig
+    SPLIT_SEEDS = {"train": 1, "dev": 2, "test": 3}
+
+    def build_model(self, model_cfg: ToyModelConfig, data_cfg: ToyDataConfig) -> nn.Module:
+        if model_cfg.input_dim != data_cfg.input_dim or model_cfg.num_classes != data_cfg.num_classes:
+            raise ValueError("model.input_dim / model.num_classes must match data.input_dim / data.num_classes")
+        return ToyStagedModel(model_cfg)
+
+    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
+        path = Path(path)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        io.write_with(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        io.write_json(path / "config.json", {"domain": self.name, "model": asdict(model.config), "default_policy": default_policy})
+
+    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
+        path = Path(path)
+        config_file, weights = path / "config.json", path / "model.safetensors"
+        for f in (config_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(f"model file missing: {f}")
+        try:
+            meta = json.loads(config_file.read_text())
+            model = ToyStagedModel(ToyModelConfig(**meta["model"]))
+            model.load_state_dict(load_file(str(weights)))
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"cannot load toy model from {path}: {exc}") from exc
+        return model.eval(), meta.get("default_policy", "full")
+
+    def set_default_policy(self, path: str | Path, policy: str) -> None:
+        config_file = Path(path) / "config.json"
+        meta = json.loads(config_file.read_text())
+        meta["default_policy"] = policy
+        io.write_json(config_file, meta)
+
+    def load_split(self, data_cfg: ToyDataConfig, split: str, seed: int) -> Sequence[Any]:
+        sizes = {"train": data_cfg.train_size, "dev": data_cfg.dev_size, "test": data_cfg.test_size}
+        if split not in sizes:
+            raise ValueError(f"unknown toy split {split!r}; expected one of {sorted(sizes)}")
+        return make_toy_samples(data_cfg, sizes[split], seed=1000 * seed + self.SPLIT_SEEDS[split])
+
+    def collate(self, model: nn.Module, samples: list[Any]) -> Any:
+        return collate_toy(samples)
+
+    def task_loss(self, output: Tensor, batch: Any) -> Tensor:
+        return F.cross_entropy(output, batch["labels"])
+
+    def targets(self, batch: Any) -> Tensor:
+        return batch["labels"]
+
+    def batch_size_of(self, batch: Any) -> int:
+        return batch["x"].shape[0]
+
+
+DOMAIN = ToyDomain()

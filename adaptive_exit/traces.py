@@ -1,0 +1,157 @@
+"""Record every stage's exit output once; replay any policy offline.
+
+Policies are deterministic functions of a sample's sequence of exit outputs, so
+one full pass over a dataset is enough to evaluate every policy and threshold:
+sweeps, the oracle and budget calibration replay the stored outputs in
+milliseconds. Replay uses the same ``policy.step`` calls as the runner and so
+agrees with it sample by sample.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import io
+from .policies import ExitPolicy, build_policy
+from .runner import pad_cat
+from .staged import ExitResult, StagedModel, all_exit_outputs, stage_costs
+
+logger = logging.getLogger(__name__)
+
+TRACE_FORMAT = 1
+
+
+@dataclass
+class Trace:
+    """Every stage's exit output for a dataset.
+
+    ``outputs``: (N, L, ...) exit outputs; ``targets``: (N, ...) or None;
+    ``quality``: metric name -> (N, L) per-sample, per-stage quality (e.g. PESQ),
+    computed once and reused by every sweep.
+    """
+
+    outputs: Tensor
+    stage_costs: list[float]
+    targets: Tensor | None = None
+    quality: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.outputs.dim() < 2:
+            raise ValueError(f"trace outputs must be (N, stages, ...), got shape {tuple(self.outputs.shape)}")
+        if self.outputs.shape[1] != len(self.stage_costs):
+            raise ValueError(f"trace has {self.outputs.shape[1]} stages but {len(self.stage_costs)} stage costs")
+        for name, q in self.quality.items():
+            if tuple(q.shape) != tuple(self.outputs.shape[:2]):
+                raise ValueError(f"quality {name!r} must have shape {tuple(self.outputs.shape[:2])}, got {tuple(q.shape)}")
+
+    @property
+    def num_samples(self) -> int:
+        return self.outputs.shape[0]
+
+    @property
+    def num_stages(self) -> int:
+        return self.outputs.shape[1]
+
+    @property
+    def full_cost(self) -> float:
+        return float(sum(self.stage_costs))
+
+    def stage_output(self, exit_stage: Tensor) -> Tensor:
+        """Each sample's output at its own exit stage."""
+        return self.outputs[torch.arange(self.num_samples), exit_stage]
+
+    def subset(self, index: Tensor | list[int]) -> "Trace":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Trace(
+            outputs=self.outputs[index],
+            stage_costs=list(self.stage_costs),
+            targets=None if self.targets is None else self.targets[index],
+            quality={k: v[index] for k, v in self.quality.items()},
+            meta=dict(self.meta),
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        io.torch_save(path, {
+            "format": TRACE_FORMAT,
+            "outputs": self.outputs,
+            "stage_costs": list(self.stage_costs),
+            "targets": self.targets,
+            "quality": dict(self.quality),
+            "meta": dict(self.meta),
+        })
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Trace":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"trace file not found: {path}")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise ValueError(f"cannot read trace file {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
+            raise ValueError(f"{path} is not an adaptive-exit trace (format {TRACE_FORMAT})")
+        return cls(data["outputs"], data["stage_costs"], data["targets"], data["quality"], data["meta"])
+
+
+QualityFn = Callable[[Tensor, Any], dict[str, Tensor]]
+
+
+@torch.no_grad()
+def record_trace(
+    model: StagedModel,
+    batches: Iterable[Any],
+    targets: Callable[[Any], Tensor] | None = None,
+    quality: QualityFn | None = None,
+    pad_value: float = 0.0,
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> Trace:
+    """Run every stage on every batch and store the exit outputs.
+
+    ``targets(batch)`` gives the batch's targets; ``quality(outputs, batch)`` gets
+    the (B, L, ...) stage outputs and returns name -> (B, L) quality. Outputs of
+    different batches are padded with ``pad_value`` to a common shape.
+    """
+    outputs, target_list, quality_lists = [], [], {}
+    for batch in tqdm(batches, desc="recording traces", disable=not progress, leave=False):
+        stacked = torch.stack(all_exit_outputs(model, batch), dim=1).float().cpu()
+        outputs.append(stacked)
+        if targets is not None:
+            target_list.append(torch.as_tensor(targets(batch)).cpu())
+        if quality is not None:
+            for name, value in quality(stacked, batch).items():
+                quality_lists.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float64))
+    if not outputs:
+        raise ValueError("cannot record a trace over an empty dataset")
+    return Trace(
+        outputs=pad_cat(outputs, value=pad_value),
+        stage_costs=stage_costs(model),
+        targets=pad_cat(target_list) if target_list else None,
+        quality={name: torch.cat(values) for name, values in quality_lists.items()},
+        meta=dict(meta or {}),
+    )
+
+
+def replay(trace: Trace, policy: ExitPolicy | str | dict) -> ExitResult:
+    """Apply a policy to recorded outputs: the runner's decisions without the model."""
+    policy = build_policy(policy)
+    num, last = trace.num_samples, trace.num_stages - 1
+    state = policy.init(num, trace.stage_costs, trace.outputs.device)
+    exit_stage = torch.full((num,), last, dtype=torch.long)
+    exited = torch.zeros(num, dtype=torch.bool)
+    for k in range(trace.num_stages):
+        done = policy.step(k, trace.outputs[:, k], state)
+        newly = done & ~exited
+        exit_stage[newly] = k
+        exited |= done
+        if bool(exited.all()):
+            break
+    cumulative = torch.tensor(trace.stage_costs, dtype=torch.float64).cumsum(0)
+    return ExitResult(trace.stage_output(exit_stage), exit_stage, cumulative[exit_stage], trace.num_stages, trace.full_cost)

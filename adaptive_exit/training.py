@@ -1,0 +1,302 @@
+"""One training loop for every staged model, written once on Hugging Face Accelerate.
+
+The same code runs in one CPU process and under ``accelerate launch`` /
+``torchrun`` on many processes: each optimizer step consumes one global batch of
+``batch_size`` samples per accumulation step, split evenly across processes, so
+the data order does not depend on the number of processes.
+
+Determinism and resuming: the data order of epoch e is a permutation seeded by
+``seed + e``, and the random generators are reseeded from (seed, step, rank)
+before every step. A run killed after a checkpoint and resumed therefore ends
+with exactly the weights of an uninterrupted run. Checkpoints are one file,
+written to a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import io
+from .losses import MultiExitObjective
+from .staged import all_exit_outputs
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the ``train:`` section of a recipe)."""
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"
+    scheme: str = "joint"
+    exit_weights: Any = "pabee"
+    first_phase_fraction: float = 0.5
+    distill_temperature: float = 1.0
+    eval_every: int = 0
+    save_every: int = 200
+    log_every: int = 50
+    seed: int = 0
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ValueError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not 0.0 <= self.first_phase_fraction <= 1.0:
+            raise ValueError(f"train.first_phase_fraction must be in [0, 1], got {self.first_phase_fraction}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto``: bf16 on a GPU that supports it, fp16 on other GPUs, none on CPU."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def make_accelerator(config: TrainConfig, find_unused_parameters: bool = False):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
+    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision), kwargs_handlers=handlers)
+
+
+class Trainer:
+    """Train a staged model with a multi-exit objective.
+
+    ``collate(list_of_samples)`` builds a batch that ``model.begin`` accepts;
+    ``objective`` maps all exit outputs to a loss. ``eval_fn(model)`` (optional)
+    returns metrics, logged every ``eval_every`` steps. ``on_step_end(step)`` is
+    a hook (used by tests to simulate a crash).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Sequence[Any],
+        collate: Callable[[list[Any]], Any],
+        objective: MultiExitObjective,
+        config: TrainConfig,
+        output_dir: str | os.PathLike,
+        eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+        on_step_end: Callable[[int], None] | None = None,
+    ):
+        if len(train_data) == 0:
+            raise ValueError("the training dataset is empty")
+        self.model = model
+        self.train_data = train_data
+        self.collate = collate
+        self.objective = objective
+        self.config = config
+        self.output_dir = Path(output_dir)
+        self.eval_fn = eval_fn
+        self.on_step_end = on_step_end
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ data order
+
+    def _global_batches_per_epoch(self) -> int:
+        return len(self.train_data) // self.config.batch_size
+
+    def _batch_indices(self, micro_index: int, rank: int, world: int) -> list[int]:
+        """Indices of this rank's share of global micro-batch ``micro_index``."""
+        per_epoch = self._global_batches_per_epoch()
+        epoch, offset = divmod(micro_index, per_epoch)
+        generator = torch.Generator().manual_seed(self.config.seed + epoch)
+        order = torch.randperm(len(self.train_data), generator=generator)
+        size = self.config.batch_size
+        global_batch = order[offset * size:(offset + 1) * size].tolist()
+        return global_batch[rank::world]
+
+    # ------------------------------------------------------------------ phases
+
+    def _phase(self, step: int) -> int:
+        if self.objective.phases == 1:
+            return 1
+        return 1 if step < round(self.config.first_phase_fraction * self.config.max_steps) else 2
+
+    def _freeze_for_phase_two(self, model: nn.Module) -> None:
+        if not hasattr(model, "backbone_parameters"):
+            raise TypeError(
+                f"scheme {self.objective.scheme!r} needs model.backbone_parameters() "
+                "(the backbone and final exit, frozen in phase 2)"
+            )
+        for p in model.backbone_parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoint" / CHECKPOINT_NAME
+
+    def _save_checkpoint(self, accelerator, model, optimizer, scheduler, step: int) -> None:
+        if accelerator.is_main_process:
+            io.torch_save(self.checkpoint_path, {
+                "step": step,
+                "model": accelerator.unwrap_model(model).inner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": self.history,
+                "config": asdict(self.config),
+            })
+            io.write_json(self.output_dir / "train_history.json", self.history)
+        accelerator.wait_for_everyone()
+
+    def _load_checkpoint(self, model, optimizer, scheduler) -> int:
+        path = self.checkpoint_path
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+            model.load_state_dict(data["model"])
+            optimizer.load_state_dict(data["optimizer"])
+            scheduler.load_state_dict(data["scheduler"])
+        except Exception as exc:  # noqa: BLE001
+            raise RuntimeError(f"cannot resume from checkpoint {path}: {exc}. Delete it to start over.") from exc
+        self.history = list(data.get("history", []))
+        logger.info("resumed from %s at step %d", path, data["step"])
+        return int(data["step"])
+
+    # ------------------------------------------------------------------ loop
+
+    def _scheduler(self, optimizer):
+        warmup, total = self.config.warmup_steps, self.config.max_steps
+
+        def factor(step: int) -> float:
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def train(self) -> nn.Module:
+        cfg = self.config
+        if self._global_batches_per_epoch() < 1:
+            raise ValueError(f"the training set has {len(self.train_data)} samples, fewer than train.batch_size={cfg.batch_size}")
+        seed_everything(cfg.seed)
+        accelerator = make_accelerator(cfg, find_unused_parameters=self.objective.phases > 1)
+        rank, world = accelerator.process_index, accelerator.num_processes
+        if cfg.batch_size % world:
+            raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {world} processes")
+
+        model = self.model
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = self._scheduler(optimizer)
+        start = 0
+        if cfg.resume and self.checkpoint_path.exists():
+            start = self._load_checkpoint(model, optimizer, scheduler)
+        raw = model
+        model, optimizer = accelerator.prepare(_AllExits(raw), optimizer)
+
+        frozen = False
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="training", disable=not (cfg.progress and accelerator.is_main_process))
+        running: list[float] = []
+        for step in range(start, cfg.max_steps):
+            phase = self._phase(step)
+            if phase == 2 and not frozen:
+                self._freeze_for_phase_two(raw)
+                frozen = True
+            seed_everything(cfg.seed * 1_000_003 + step * 101 + rank)
+            model.train()
+            loss_value = 0.0
+            for micro in range(cfg.grad_accum):
+                indices = self._batch_indices(step * cfg.grad_accum + micro, rank, world)
+                batch = _to_device(self.collate([self.train_data[i] for i in indices]), accelerator.device)
+                sync = micro == cfg.grad_accum - 1
+                context = accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()
+                with context, accelerator.autocast():
+                    outputs = model(batch)
+                    loss = self.objective(outputs, batch, phase) / cfg.grad_accum
+                accelerator.backward(loss)
+                loss_value += float(loss.detach())
+            if cfg.max_grad_norm:
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss became {loss_value} at step {step + 1}; lower train.lr or check the data")
+            running.append(loss_value)
+            bar.update(1)
+            done = step + 1
+            if cfg.log_every and done % cfg.log_every == 0 or done == cfg.max_steps:
+                entry = {"step": done, "loss": float(np.mean(running)), "lr": scheduler.get_last_lr()[0], "phase": phase}
+                running = []
+                if self.eval_fn is not None and (done == cfg.max_steps or (cfg.eval_every and done % cfg.eval_every == 0)):
+                    model.eval()
+                    entry.update(self.eval_fn(raw))
+                self.history.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                logger.info("step %d: %s", done, json.dumps(entry))
+            elif self.eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0:
+                model.eval()
+                self.history.append({"step": done, **self.eval_fn(raw)})
+            if (cfg.save_every and done % cfg.save_every == 0) or done == cfg.max_steps:
+                self._save_checkpoint(accelerator, model, optimizer, scheduler, done)
+            if self.on_step_end is not None:
+                self.on_step_end(done)
+        bar.close()
+        raw.eval()
+        for p in raw.parameters():
+            p.requires_grad_(True)
+        self.model = raw
+        return raw
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _AllExits(nn.Module):
+    """Makes "run every stage" the module's forward, so DDP sees (and syncs) it."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, batch: Any) -> list[torch.Tensor]:
+        return all_exit_outputs(self.inner, batch)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
