@@ -1,0 +1,22 @@
+"""adaptive-exit: early-exit inference for staged models across domains.
+
+The core (this package) knows nothing about text or audio; domains live in
+``adaptive_exit.text`` and ``adaptive_exit.speech``.
+"""
+from .budget import BudgetSpec, calibrate
+from .evaluation import build_report, oracle_exit_stage, sweep, write_report
+from .losses import MultiExitObjective, distillation_loss, exit_weights, weighted_exit_loss
+from .policies import AllOf, AnyOf, Budget, Confidence, ExitPolicy, Never, Oracle, Patience, build_policy
+from .runner import EarlyExitRunner
+from .staged import ExitResult, StagedModel, all_exit_outputs, select_rows
+from .traces import Trace, record_trace, replay
+from .training import TrainConfig, Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllOf", "AnyOf", "Budget", "BudgetSpec", "Confidence", "EarlyExitRunner", "ExitPolicy", "ExitResult",
+    "MultiExitObjective", "Never", "Oracle", "Patience", "StagedModel", "Trace", "TrainConfig", "Trainer",
+    "all_exit_outputs", "build_policy", "build_report", "calibrate", "distillation_loss", "exit_weights",
+    "oracle_exit_stage", "record_trace", "replay", "select_rows", "sweep", "weighted_exit_loss", "write_report",
+]

@@ -125,9 +125,8 @@ def record_trace(
         outputs.append(stacked)
         if targets is not None:
             target_list.append(torch.as_tensor(targets(batch)).cpu())
-        if quality is not None:
-            for name, value in quality(stacked, batch).items():
-                quality_lists.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float64))
+        for name, value in ((quality(stacked, batch) if quality else None) or {}).items():
+            quality_lists.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float64))
     if not outputs:
         raise ValueError("cannot record a trace over an empty dataset")
     return Trace(

@@ -148,7 +148,7 @@ class Trainer:
 
     def _freeze_for_phase_two(self, model: nn.Module) -> None:
         if not hasattr(model, "backbone_parameters"):
-            raise TypeError(
+            raise ValueError(
                 f"scheme {self.objective.scheme!r} needs model.backbone_parameters() "
                 "(the backbone and final exit, frozen in phase 2)"
             )

@@ -1,0 +1,86 @@
+"""The ``adaptive-exit`` command.
+
+    adaptive-exit run RECIPE [key.path=value ...]        train, evaluate, sweep (and calibrate)
+    adaptive-exit train|evaluate|sweep RECIPE [overrides]
+    adaptive-exit calibrate RECIPE [overrides] --budget mean:0.5
+    adaptive-exit <domain command> ...                   e.g. predict, enhance (from installed domains)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from .config import ConfigError, load_recipe
+
+CORE_COMMANDS = ("run", "train", "evaluate", "sweep", "calibrate")
+
+
+def _recipe_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("recipe", help="path to a YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="key.path=value overrides (values parsed as YAML)")
+    return parser
+
+
+def build_parser(extra: dict | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptive-exit", description="Adaptive (early-exit) inference: recipes, sweeps, calibration.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _recipe_parser(sub, "run", "train, record traces, sweep policies, time the default policy (and calibrate if a budget is set)")
+    _recipe_parser(sub, "train", "train the recipe's model")
+    _recipe_parser(sub, "evaluate", "record traces on the eval split, sweep, and time the default policy")
+    _recipe_parser(sub, "sweep", "sweep policies on recorded traces (no model run)")
+    cal = _recipe_parser(sub, "calibrate", "choose the best policy within a compute budget and make it the model's default")
+    cal.add_argument("--budget", help="e.g. mean:0.5 (mean cost fraction), stages:3, max:0.6 (hard cap)")
+    for name, loader in (extra or {}).items():
+        loader()(sub)
+    return parser
+
+
+def _core(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline, summary_table
+
+    recipe, _ = load_recipe(args.recipe, args.overrides)
+    pipeline = Pipeline(recipe)
+    if args.command == "train":
+        pipeline.train()
+        print(f"model saved to {pipeline.model_dir}")
+        return 0
+    if args.command == "calibrate":
+        result = pipeline.calibrate(args.budget)
+        print(json.dumps(result, indent=2))
+        return 0
+    report = {"run": pipeline.run, "evaluate": pipeline.evaluate, "sweep": pipeline.sweep}[args.command]()
+    print(summary_table(report))
+    if "timing" in report:
+        print(json.dumps(report["timing"], indent=2))
+    print(f"results written to {pipeline.run_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = {}
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in CORE_COMMANDS:
+        from .domain import domain_commands
+
+        commands = domain_commands()
+        extra = {command: commands[command]} if command in commands else commands
+    parser = build_parser(extra)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command in CORE_COMMANDS:
+            return _core(args)
+        return int(args.func(args) or 0)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"adaptive-exit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

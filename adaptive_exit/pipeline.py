@@ -1,0 +1,180 @@
+"""The recipe pipeline behind the CLI: train -> record traces -> sweep -> time -> calibrate.
+
+Everything a run produces lands in its run directory::
+
+    config.yaml          the resolved recipe
+    model/               the trained model (domain format) with its default policy
+    checkpoint/last.pt   the training checkpoint (resume)
+    train_history.json   loss and evaluation log
+    traces/<split>.pt    every stage's exit output on a split
+    results.json         per-exit quality, sweeps, static truncation, oracle, Pareto front, timing
+    sweep.csv, plot.png  the same rows as a table and a quality-vs-speed-up plot
+    calibration.json     the calibrated policy with achieved cost on held-out data
+"""
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import io
+from .budget import calibrate as calibrate_trace
+from .budget import candidate_policies, split_trace
+from .config import Recipe, from_dict, save_resolved
+from .domain import Domain, get_domain
+from .evaluation import build_report, format_table, rows_from_report, write_report
+from .runner import EarlyExitRunner, concat_results
+from .traces import Trace, record_trace, replay
+from .training import Trainer, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """One recipe's run directory and the steps that fill it."""
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.domain: Domain = get_domain(recipe.domain)
+        self.model_cfg = from_dict(self.domain.model_config, recipe.model, "model")
+        self.data_cfg = from_dict(self.domain.data_config, recipe.data, "data")
+        self.run_dir = Path(recipe.run_dir)
+        self.model_dir = self.run_dir / "model"
+
+    # ------------------------------------------------------------------ helpers
+
+    def batches(self, model, split: str, batch_size: int) -> list[Any]:
+        samples = self.domain.load_split(self.data_cfg, split, self.recipe.seed)
+        if len(samples) == 0:
+            raise ValueError(f"split {split!r} of domain {self.domain.name!r} is empty")
+        return [self.domain.collate(model, list(samples[i:i + batch_size])) for i in range(0, len(samples), batch_size)]
+
+    def load_model(self):
+        return self.domain.load_model(self.model_dir)
+
+    def trace_path(self, split: str) -> Path:
+        return self.run_dir / "traces" / f"{split}.pt"
+
+    # ------------------------------------------------------------------ steps
+
+    def train(self):
+        save_resolved(self.recipe, self.run_dir)
+        seed_everything(self.recipe.seed)
+        model = self.domain.build_model(self.model_cfg, self.data_cfg)
+        train_data = self.domain.load_split(self.data_cfg, "train", self.recipe.seed)
+        trainer = Trainer(
+            model,
+            train_data,
+            lambda samples: self.domain.collate(model, samples),
+            self.domain.objective(self.recipe.train),
+            self.recipe.train,
+            self.run_dir,
+        )
+        model = trainer.train()
+        policy = self.recipe.eval.policy
+        self.domain.save_model(model, self.model_dir, policy if isinstance(policy, str) else json.dumps(policy))
+        logger.info("model saved to %s", self.model_dir)
+        return model
+
+    def record(self, split: str | None = None) -> Trace:
+        split = split or self.recipe.eval.split
+        model, _ = self.load_model()
+        batches = self.batches(model, split, self.recipe.eval.batch_size)
+        trace = record_trace(
+            model, batches, targets=self.domain.targets,
+            quality=self.domain.quality, pad_value=self.domain.trace_pad_value(),
+            meta={"split": split, "domain": self.domain.name},
+        )
+        trace.save(self.trace_path(split))
+        return trace
+
+    def load_trace(self, split: str | None = None) -> Trace:
+        split = split or self.recipe.eval.split
+        path = self.trace_path(split)
+        return Trace.load(path) if path.exists() else self.record(split)
+
+    def sweep(self, trace: Trace | None = None) -> dict[str, Any]:
+        trace = trace or self.load_trace()
+        ev = self.recipe.eval
+        report = build_report(trace, ev.sweeps, ev.metrics)
+        previous = self.run_dir / "results.json"
+        if previous.exists():  # keep timing measured by `evaluate`
+            old = json.loads(previous.read_text())
+            if "timing" in old:
+                report["timing"] = old["timing"]
+        write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
+        return report
+
+    def time_policy(self, policy: str | None = None) -> dict[str, Any]:
+        """Wall-clock of the full model, the policy with compaction and in batch-sync
+        mode, at ``eval.timing_batch_size``; checks that both modes give the same
+        exits as trace replay."""
+        ev = self.recipe.eval
+        model, default_policy = self.load_model()
+        policy = policy or default_policy
+        batches = self.batches(model, ev.split, ev.timing_batch_size)
+        timings: dict[str, Any] = {"batch_size": ev.timing_batch_size, "policy": policy, "threads": torch.get_num_threads()}
+        results = {}
+        for label, spec, mode in (("full", "full", "compact"), ("compact", policy, "compact"), ("batch_sync", policy, "batch-sync")):
+            runner = EarlyExitRunner(model, spec, mode=mode)
+            runner.run_batches(batches[:1])  # warm-up
+            seconds = []
+            for _ in range(max(1, ev.timing_repeats)):
+                start = time.perf_counter()
+                results[label] = runner.run_batches(batches)
+                seconds.append(time.perf_counter() - start)
+            timings[f"{label}_seconds"] = statistics.median(seconds)
+        num = results["full"].exit_stage.shape[0]
+        timings["num_samples"] = num
+        timings["layer_speedup"] = results["compact"].speedup
+        timings["wall_speedup_compact"] = timings["full_seconds"] / timings["compact_seconds"]
+        timings["wall_speedup_batch_sync"] = timings["full_seconds"] / timings["batch_sync_seconds"]
+        timings["compact_vs_batch_sync"] = timings["batch_sync_seconds"] / timings["compact_seconds"]
+        timings["modes_agree"] = bool(torch.equal(results["compact"].exit_stage, results["batch_sync"].exit_stage))
+        trace_file = self.trace_path(ev.split)
+        if trace_file.exists():
+            trace = Trace.load(trace_file)
+            if trace.num_samples == num:
+                timings["matches_trace_replay"] = bool(torch.equal(replay(trace, policy).exit_stage, results["compact"].exit_stage))
+        return timings
+
+    def evaluate(self) -> dict[str, Any]:
+        trace = self.record()
+        report = self.sweep(trace)
+        report["timing"] = self.time_policy()
+        write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
+        return report
+
+    def calibrate(self, budget: str | None = None) -> dict[str, Any]:
+        cal = self.recipe.calibrate
+        budget = budget or cal.budget
+        if not budget:
+            raise ValueError("no budget given: set calibrate.budget in the recipe or pass --budget (e.g. mean:0.5)")
+        trace = self.load_trace(cal.split)
+        dev, heldout = split_trace(trace, cal.heldout_fraction, seed=self.recipe.seed)
+        families = cal.candidates or self.recipe.eval.sweeps
+        if not families:
+            raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
+        result = calibrate_trace(dev, candidate_policies(families), budget, self.recipe.eval.metrics[0], heldout=heldout)
+        self.domain.set_default_policy(self.model_dir, result.policy)
+        io.write_json(self.run_dir / "calibration.json", result.to_dict())
+        return result.to_dict()
+
+    def run(self) -> dict[str, Any]:
+        self.train()
+        report = self.evaluate()
+        if self.recipe.calibrate.budget:
+            report["calibration"] = self.calibrate()
+            io.write_json(self.run_dir / "results.json", report)
+        return report
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The report's rows as a Markdown table (printed by the CLI)."""
+    metrics = list(report["full_model"].keys())
+    return format_table(rows_from_report(report), metrics)
