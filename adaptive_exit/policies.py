@@ -64,6 +64,16 @@ class ExitPolicy:
         return hash(self.spec())
 
 
+def _number(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return number
+
+
 # --------------------------------------------------------------------------- distances
 
 def _flat(x: Tensor) -> Tensor:
@@ -119,7 +129,7 @@ class Patience(ExitPolicy):
         if distance is not None and threshold is None:
             raise ValueError("patience: a distance needs a threshold (e.g. 'patience:2,threshold=0.05,distance=relative')")
         if threshold is not None:
-            threshold = float(threshold)
+            threshold = _number(threshold, "patience threshold")
             if not threshold >= 0:
                 raise ValueError(f"patience threshold must be >= 0, got {threshold!r}")
             distance = distance or "abs"
@@ -170,8 +180,8 @@ class Confidence(ExitPolicy):
     def __init__(self, threshold: float, measure: str = "max_prob"):
         if measure not in CONFIDENCE_MEASURES:
             raise ValueError(f"unknown confidence measure {measure!r}; known: {list(CONFIDENCE_MEASURES)}")
-        threshold = float(threshold)
-        if not math.isfinite(threshold) or threshold < 0:
+        threshold = _number(threshold, "confidence threshold")
+        if threshold < 0:
             raise ValueError(f"confidence threshold must be a finite number >= 0, got {threshold!r}")
         if measure == "max_prob" and threshold > 1:
             raise ValueError(f"max_prob threshold must be in [0, 1], got {threshold}")
@@ -208,7 +218,7 @@ class Budget(ExitPolicy):
         if max_stages is not None and (isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1):
             raise ValueError(f"budget max_stages must be an integer >= 1, got {max_stages!r}")
         for label, value in (("max_cost", max_cost), ("max_fraction", max_fraction)):
-            if value is not None and not float(value) > 0:
+            if value is not None and not _number(value, f"budget {label}") > 0:
                 raise ValueError(f"budget {label} must be > 0, got {value!r}")
         self.max_stages = max_stages
         self.max_cost = None if max_cost is None else float(max_cost)

@@ -98,21 +98,21 @@ def make_toy_samples(cfg: ToyDataConfig, size: int, seed: int) -> list[dict[str,
     """Synthetic labelled token sets.
 
     A latent vector z is observed through 3-12 noisy tokens; the label is the
-    argmax of a fixed random readout after four random ``tanh`` maps of z. The
+    argmax of a fixed random readout after six random ``tanh`` maps of z. The
     composition of maps is what makes deeper stages better; the noise and the
     distance to a decision boundary make samples easy or hard. The teacher
     depends on ``task_seed`` only, the samples on ``seed``.
     """
     teacher = torch.Generator().manual_seed(cfg.task_seed)
     dim = cfg.input_dim
-    maps = [torch.randn(dim, dim, generator=teacher) * (2.0 / dim**0.5) for _ in range(4)]
+    maps = [torch.randn(dim, dim, generator=teacher) * (1.5 / dim**0.5) for _ in range(6)]
     readout = torch.randn(dim, cfg.num_classes, generator=teacher)
     gen = torch.Generator().manual_seed(seed)
     samples = []
     for _ in range(size):
         length = int(torch.randint(cfg.min_len, cfg.max_len + 1, (1,), generator=gen))
         z = torch.randn(dim, generator=gen)
-        x = z + 0.5 * torch.randn(length, dim, generator=gen)
+        x = z + 0.2 * torch.randn(length, dim, generator=gen)
         for m in maps:
             z = torch.tanh(z @ m)
         samples.append({"x": x, "label": int((z @ readout).argmax())})

@@ -1,0 +1,130 @@
+import json
+
+import pytest
+import torch
+from scipy import stats
+
+from adaptive_exit.budget import BudgetSpec, calibrate, split_trace
+from adaptive_exit.evaluation import (build_report, mark_pareto, oracle_exit_stage, pearson, spearman,
+                                      static_rows, sweep, write_report)
+from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.traces import Trace, record_trace, replay
+
+from .helpers import collate_toy, random_samples, toy_model
+
+
+def labelled_trace(stage_labels, targets, costs=None):
+    """A trace whose stage-k prediction for sample i is stage_labels[i][k]."""
+    n, num = len(stage_labels), len(stage_labels[0])
+    outputs = torch.zeros(n, num, 3)
+    for i, row in enumerate(stage_labels):
+        for k, label in enumerate(row):
+            outputs[i, k, label] = 4.0
+    return Trace(outputs, costs or [1.0] * num, torch.tensor(targets))
+
+
+def test_trace_save_load_round_trip(tmp_path):
+    model = toy_model(0)
+    batches = [collate_toy(random_samples(5, s)) for s in range(3)]
+    trace = record_trace(model, batches, targets=lambda b: b["labels"], progress=False)
+    assert trace.outputs.shape[:2] == (15, model.num_stages)
+    trace.save(tmp_path / "t.pt")
+    loaded = Trace.load(tmp_path / "t.pt")
+    assert torch.equal(loaded.outputs, trace.outputs)
+    assert torch.equal(loaded.targets, trace.targets)
+    runner = EarlyExitRunner(model, "patience:2")
+    assert torch.equal(replay(loaded, "patience:2").exit_stage, runner.run_batches(batches).exit_stage)
+
+
+def test_trace_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trace file not found"):
+        Trace.load(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a trace")
+    with pytest.raises(ValueError, match="cannot read trace file"):
+        Trace.load(bad)
+    with pytest.raises(ValueError, match="empty dataset"):
+        record_trace(toy_model(0), [], progress=False)
+
+
+def test_oracle_picks_earliest_correct_stage():
+    trace = labelled_trace([[1, 0, 0], [1, 1, 1], [0, 1, 1]], targets=[0, 0, 1])
+    assert oracle_exit_stage(trace, "accuracy").tolist() == [1, 0, 1]
+
+
+def test_static_rows_and_sweep_rows():
+    trace = labelled_trace([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 2, 2]], targets=[0, 0, 0, 2])
+    statics = static_rows(trace, ["accuracy"])
+    assert [r.metrics["accuracy"] for r in statics] == [0.5, 0.75, 1.0, 1.0]
+    assert [r.speedup for r in statics] == pytest.approx([4.0, 2.0, 4 / 3, 1.0])
+    rows = sweep(trace, "patience", [1, 2], ["accuracy"])
+    assert [r.name for r in rows] == ["patience:1", "patience:2"]
+    # patience:1 exits at the first repeat: s0 (1 0 0) at stage 2, s1, s2 (1 1), s3 at stage 1
+    assert rows[0].mean_stages == pytest.approx(9 / 4)
+    assert rows[0].histogram == [0, 3, 1, 0]
+    assert rows[0].metrics["accuracy"] == 0.75  # s2 exits on its wrong early agreement
+
+
+def test_pareto_front_excludes_dominated_rows():
+    trace = labelled_trace([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 2, 2]], targets=[0, 0, 0, 2])
+    rows = static_rows(trace, ["accuracy"])
+    front = mark_pareto(rows, "accuracy")
+    assert [r.name for r in front] == ["static:3", "static:2", "static:1"]
+    assert not rows[3].pareto  # static:4 has static:3's accuracy at lower speed-up
+
+
+def test_report_files(tmp_path):
+    model = toy_model(2)
+    batches = [collate_toy(random_samples(20, s)) for s in range(2)]
+    trace = record_trace(model, batches, targets=lambda b: b["labels"], progress=False)
+    report = build_report(trace, {"patience": [1, 2], "entropy": [0.5]}, ["accuracy"])
+    paths = write_report(report, tmp_path)
+    saved = json.loads(paths["results"].read_text())
+    assert saved["num_samples"] == 40
+    assert {r["family"] for r in saved["rows"]} == {"patience", "entropy", "static", "oracle"}
+    assert paths["csv"].read_text().splitlines()[0].startswith("name,family,param")
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_correlation_metrics_match_scipy():
+    gen = torch.Generator().manual_seed(0)
+    preds = torch.randn(50, 1, generator=gen).round(decimals=1)  # ties
+    targets = preds[:, 0] + 0.5 * torch.randn(50, generator=gen)
+    assert pearson(preds, targets) == pytest.approx(stats.pearsonr(preds[:, 0], targets)[0], rel=1e-9)
+    assert spearman(preds, targets) == pytest.approx(stats.spearmanr(preds[:, 0], targets)[0], rel=1e-9)
+
+
+def test_calibration_meets_budget_and_prefers_quality():
+    model = toy_model(4, num_stages=6)
+    trace = record_trace(model, [collate_toy(random_samples(200, 9))], targets=lambda b: b["labels"], progress=False)
+    dev, held = split_trace(trace, 0.5)
+    cands = [f"patience:{p}" for p in range(1, 6)] + [f"max_prob:{t}" for t in (0.4, 0.5, 0.6, 0.8)]
+    result = calibrate(dev, cands, "mean:0.5", "accuracy", heldout=held)
+    assert result.calibration["cost_fraction"] <= 0.5
+    feasible = [c for c in cands if replay(dev, c).cost_fraction <= 0.5]
+    best = max(feasible, key=lambda c: (dev.targets == replay(dev, c).output.argmax(-1)).double().mean())
+    assert result.calibration["accuracy"] == pytest.approx(float((dev.targets == replay(dev, best).output.argmax(-1)).double().mean()))
+    assert result.heldout["num_samples"] == 100
+
+
+def test_hard_cap_budget_bounds_every_sample():
+    model = toy_model(5, num_stages=6)
+    trace = record_trace(model, [collate_toy(random_samples(100, 3))], targets=lambda b: b["labels"], progress=False)
+    result = calibrate(trace, ["patience:3", "patience:4"], "max:0.5", "accuracy")
+    assert replay(trace, result.policy).cost.max() <= 3.0
+
+
+@pytest.mark.parametrize("text", ["mean", "mean:abc", "avg:0.5", "mean:1.5", "stages:-1"])
+def test_bad_budget_strings(text):
+    with pytest.raises(ValueError, match="bad budget"):
+        BudgetSpec.parse(text)
+
+
+def test_budget_accepts_percent():
+    assert BudgetSpec.parse("mean:50%") == BudgetSpec("mean", 0.5)
+
+
+def test_infeasible_budget_is_explained():
+    trace = labelled_trace([[0, 0, 0]], targets=[0])
+    with pytest.raises(ValueError, match="no candidate policy meets budget"):
+        calibrate(trace, ["full"], "mean:0.2", "accuracy")
