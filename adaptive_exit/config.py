@@ -83,7 +83,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = _numeric(yaml.safe_load(text)) if text.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
         node = data
@@ -97,6 +97,16 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = child
         node[parts[-1]] = value
     return data
+
+
+def _numeric(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` as a string; read it as the number users mean."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _deep_copy(data: Any) -> Any:
@@ -155,6 +165,8 @@ def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
                 continue
         raise ConfigError(f"'{path}'{where} has a bad value {value!r}; expected {hint}")
     base = origin or hint
+    if base is float and isinstance(value, str):
+        value = _numeric(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is bool and not isinstance(value, bool):

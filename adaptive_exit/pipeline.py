@@ -23,10 +23,12 @@ from typing import Any
 import torch
 
 from . import io
+from .budget import BudgetSpec
 from .budget import calibrate as calibrate_trace
 from .budget import candidate_policies, split_trace
 from .config import Recipe, from_dict, save_resolved
 from .domain import Domain, get_domain
+from .policies import build_policy
 from .evaluation import build_report, format_table, rows_from_report, write_report
 from .runner import EarlyExitRunner, concat_results
 from .traces import Trace, record_trace, replay
@@ -45,6 +47,12 @@ class Pipeline:
         self.data_cfg = from_dict(self.domain.data_config, recipe.data, "data")
         self.run_dir = Path(recipe.run_dir)
         self.model_dir = self.run_dir / "model"
+        try:
+            build_policy(recipe.eval.policy)
+        except ValueError as exc:
+            raise ValueError(f"eval.policy: {exc}") from None
+        if recipe.calibrate.budget:
+            BudgetSpec.parse(recipe.calibrate.budget)
 
     # ------------------------------------------------------------------ helpers
 
@@ -155,6 +163,7 @@ class Pipeline:
         budget = budget or cal.budget
         if not budget:
             raise ValueError("no budget given: set calibrate.budget in the recipe or pass --budget (e.g. mean:0.5)")
+        budget = BudgetSpec.parse(budget)
         trace = self.load_trace(cal.split)
         dev, heldout = split_trace(trace, cal.heldout_fraction, seed=self.recipe.seed)
         families = cal.candidates or self.recipe.eval.sweeps

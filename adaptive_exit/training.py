@@ -89,7 +89,13 @@ def make_accelerator(config: TrainConfig, find_unused_parameters: bool = False):
     from accelerate.utils import DistributedDataParallelKwargs
 
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
-    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision), kwargs_handlers=handlers)
+    # cpu=True on machines without a GPU: without it Accelerate ignores a torchrun
+    # launch on CPUs (DistributedType.NO) and every process trains alone.
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_mixed_precision(config.mixed_precision),
+        kwargs_handlers=handlers,
+    )
 
 
 class Trainer:
