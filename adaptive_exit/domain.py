@@ -50,7 +50,7 @@ class Domain:
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
         raise NotImplementedError
 
-    def objective(self, train_cfg: TrainConfig) -> MultiExitObjective:
+    def objective(self, train_cfg: TrainConfig, model: nn.Module | None = None) -> MultiExitObjective:
         return MultiExitObjective(self.task_loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature)
 
     def targets(self, batch: Any) -> Tensor | None:
@@ -60,6 +60,10 @@ class Domain:
         """Per-sample, per-stage quality from (B, L, ...) stage outputs, if the
         domain's metric is per sample (PESQ); None for corpus metrics."""
         return None
+
+    def report_extras(self, samples: Sequence[Any]) -> dict[str, Any]:
+        """Domain-specific figures for the report (e.g. the noisy input's PESQ)."""
+        return {}
 
     def trace_pad_value(self) -> float:
         return 0.0

@@ -60,7 +60,10 @@ class Pipeline:
         samples = self.domain.load_split(self.data_cfg, split, self.recipe.seed)
         if len(samples) == 0:
             raise ValueError(f"split {split!r} of domain {self.domain.name!r} is empty")
-        return [self.domain.collate(model, list(samples[i:i + batch_size])) for i in range(0, len(samples), batch_size)]
+        return [
+            self.domain.collate(model, [samples[j] for j in range(i, min(i + batch_size, len(samples)))])
+            for i in range(0, len(samples), batch_size)
+        ]
 
     def load_model(self):
         return self.domain.load_model(self.model_dir)
@@ -79,7 +82,7 @@ class Pipeline:
             model,
             train_data,
             lambda samples: self.domain.collate(model, samples),
-            self.domain.objective(self.recipe.train),
+            self.domain.objective(self.recipe.train, model),
             self.recipe.train,
             self.run_dir,
         )
@@ -113,8 +116,9 @@ class Pipeline:
         previous = self.run_dir / "results.json"
         if previous.exists():  # keep timing measured by `evaluate`
             old = json.loads(previous.read_text())
-            if "timing" in old:
-                report["timing"] = old["timing"]
+            for key in ("timing", "extras"):
+                if key in old:
+                    report[key] = old[key]
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
         return report
 
@@ -154,6 +158,9 @@ class Pipeline:
     def evaluate(self) -> dict[str, Any]:
         trace = self.record()
         report = self.sweep(trace)
+        extras = self.domain.report_extras(self.domain.load_split(self.data_cfg, self.recipe.eval.split, self.recipe.seed))
+        if extras:
+            report["extras"] = extras
         report["timing"] = self.time_policy()
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
         return report

@@ -123,8 +123,9 @@ def record_trace(
     for batch in tqdm(batches, desc="recording traces", disable=not progress, leave=False):
         stacked = torch.stack(all_exit_outputs(model, batch), dim=1).float().cpu()
         outputs.append(stacked)
-        if targets is not None:
-            target_list.append(torch.as_tensor(targets(batch)).cpu())
+        batch_targets = targets(batch) if targets is not None else None
+        if batch_targets is not None:
+            target_list.append(torch.as_tensor(batch_targets).cpu())
         for name, value in ((quality(stacked, batch) if quality else None) or {}).items():
             quality_lists.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float64))
     if not outputs:

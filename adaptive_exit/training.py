@@ -43,6 +43,7 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-3
+    head_lr: float | None = None  # a separate rate for model.exit_parameters() (new exit heads)
     weight_decay: float = 0.0
     warmup_steps: int = 0
     grad_accum: int = 1
@@ -195,6 +196,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def _param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if self.config.head_lr is None:
+            return [{"params": trainable}]
+        if not hasattr(model, "exit_parameters"):
+            raise ValueError("train.head_lr needs model.exit_parameters() (the exit heads)")
+        heads = {id(p) for p in model.exit_parameters()}
+        return [
+            {"params": [p for p in trainable if id(p) not in heads]},
+            {"params": [p for p in trainable if id(p) in heads], "lr": self.config.head_lr},
+        ]
+
     def _scheduler(self, optimizer):
         warmup, total = self.config.warmup_steps, self.config.max_steps
 
@@ -216,7 +229,7 @@ class Trainer:
             raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {world} processes")
 
         model = self.model
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self._param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = self._scheduler(optimizer)
         start = 0
         if cfg.resume and self.checkpoint_path.exists():

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         for number, line in _lines(handle):
             text, _, pair = line.partition("\t")
             if not text.strip() or ("\t" in line and not pair.strip()):
+                flush()  # keep output in input order
                 print(json.dumps({"line": number, "error": "empty text"}), flush=True)
                 continue
             example = {"text": text, "text_pair": pair if "\t" in line else None, "label": None}

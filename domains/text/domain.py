@@ -44,6 +44,7 @@ def default_data_dir() -> str:
 class TextModelConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
     head_style: str = "pabee"
+    pooling: str = "cls"
     exit_dropout: float = 0.1
     max_seq_length: int = 128
 
@@ -74,7 +75,7 @@ class TextDomain(Domain):
         path = resolve_model_path(model_cfg.name_or_path)
         model = EarlyExitForSequenceClassification.from_backbone(
             path, num_labels=task.num_labels, task=task.kind, head_style=model_cfg.head_style,
-            exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length,
+            exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
         )
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model

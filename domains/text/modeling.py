@@ -33,6 +33,7 @@ from .architectures import EncoderAdapter
 
 HEAD_STYLES = ("pabee", "deebert")
 TASKS = ("classification", "regression")
+POOLINGS = ("cls", "mean")  # mean: for sentence-transformers encoders (all-MiniLM), trained with mean pooling
 
 
 class EarlyExitConfig(PretrainedConfig):
@@ -48,6 +49,7 @@ class EarlyExitConfig(PretrainedConfig):
         head_style: str = "pabee",
         exit_dropout: float = 0.1,
         exit_weights: Any = "pabee",
+        pooling: str = "cls",
         default_policy: str = "patience:2",
         max_seq_length: int = 128,
         label_names: list | None = None,
@@ -57,6 +59,8 @@ class EarlyExitConfig(PretrainedConfig):
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         if head_style not in HEAD_STYLES:
             raise ValueError(f"head_style must be one of {HEAD_STYLES}, got {head_style!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if task == "regression":
             num_labels = 1
         id2label = kwargs.get("id2label")
@@ -70,9 +74,16 @@ class EarlyExitConfig(PretrainedConfig):
         self.head_style = head_style
         self.exit_dropout = exit_dropout
         self.exit_weights = exit_weights
+        self.pooling = pooling
         self.default_policy = default_policy
         self.max_seq_length = max_seq_length
         self.label_names = label_names
+
+
+try:  # lets AutoConfig / AutoTokenizer read a saved model folder without warnings
+    AutoConfig.register(EarlyExitConfig.model_type, EarlyExitConfig)
+except ValueError:  # already registered
+    pass
 
 
 @dataclass
@@ -87,16 +98,22 @@ class EarlyExitOutput(ModelOutput):
 
 
 class ExitPooler(nn.Module):
-    """tanh(W h_[CLS] + b), as BERT's pooler."""
+    """tanh(W h + b) of the [CLS] state (BERT's pooler) or of the mean over real tokens."""
 
-    def __init__(self, hidden: int, init_from: nn.Linear | None = None):
+    def __init__(self, hidden: int, init_from: nn.Linear | None = None, pooling: str = "cls"):
         super().__init__()
+        self.pooling = pooling
         self.dense = nn.Linear(hidden, hidden)
         if init_from is not None:
             self.dense.load_state_dict(init_from.state_dict())
 
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        return torch.tanh(self.dense(hidden_states[:, 0]))
+    def forward(self, hidden_states: Tensor, mask2d: Tensor) -> Tensor:
+        if self.pooling == "mean":
+            weights = mask2d.unsqueeze(-1).to(hidden_states.dtype)
+            summary = (hidden_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        else:
+            summary = hidden_states[:, 0]
+        return torch.tanh(self.dense(summary))
 
 
 class EarlyExitForSequenceClassification(PreTrainedModel):
@@ -119,11 +136,11 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
         hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
         dense = self.adapter.take_pooler()
         if config.head_style == "pabee":
-            self.pooler = ExitPooler(hidden, dense)
+            self.pooler = ExitPooler(hidden, dense, config.pooling)
             self.poolers = None
         else:
             self.pooler = None
-            final = ExitPooler(hidden, dense)
+            final = ExitPooler(hidden, dense, config.pooling)
             self.poolers = nn.ModuleList(copy.deepcopy(final) for _ in range(self.num_stages))
         self.dropout = nn.Dropout(config.exit_dropout)
         self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(self.num_stages))
@@ -170,7 +187,7 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
 
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
         pooler = self.pooler if self.poolers is None else self.poolers[k]
-        return self.classifiers[k](self.dropout(pooler(state["hidden"])))
+        return self.classifiers[k](self.dropout(pooler(state["hidden"], state["mask2d"])))
 
     def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
         hidden = state["hidden"].index_select(0, keep)
@@ -180,6 +197,11 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
 
     def stage_cost(self, k: int) -> float:
         return 1.0
+
+    def exit_parameters(self):
+        """The exit heads (poolers and classifiers): new weights, trained at ``train.head_lr``."""
+        yield from (self.pooler.parameters() if self.poolers is None else self.poolers.parameters())
+        yield from self.classifiers.parameters()
 
     def backbone_parameters(self):
         """Trained in phase 1 of two-stage/distill schemes and frozen in phase 2:

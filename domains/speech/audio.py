@@ -1,0 +1,64 @@
+"""Audio input with clear errors: mono float32 at 16 kHz, or a ValueError that names the file.
+
+Stereo (or more channels) is downmixed to mono by averaging the channels. Other
+sample rates are resampled with librosa (soxr). Empty, silent-only-by-NaN, or
+non-audio files are rejected with the reason.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    if orig_sr == target_sr:
+        return audio
+    import librosa
+
+    return librosa.resample(audio, orig_sr=orig_sr, target_sr=target_sr, res_type="soxr_hq").astype(np.float32)
+
+
+def check_audio(audio: np.ndarray, where: str) -> np.ndarray:
+    if audio.size == 0:
+        raise ValueError(f"{where}: the audio is empty (0 samples)")
+    if not np.all(np.isfinite(audio)):
+        bad = int(np.sum(~np.isfinite(audio)))
+        raise ValueError(f"{where}: {bad} sample(s) are NaN or infinite")
+    return audio
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a file as mono float32 at ``target_sr``."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, ...
+        raise ValueError(f"{path}: not a readable audio file ({exc})") from None
+    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    check_audio(audio, str(path))
+    return check_audio(resample(audio, sr, target_sr), str(path))
+
+
+def save_audio(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """Write a 16-bit WAV atomically."""
+    import soundfile as sf
+
+    from adaptive_exit import io
+
+    io.write_with(path, lambda tmp: sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16", format="WAV"))
+
+
+def list_audio(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"audio folder not found: {folder}")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)

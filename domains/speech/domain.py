@@ -1,0 +1,218 @@
+"""The speech domain for recipes: progressive enhancement, stage-weighted spectral loss, PESQ/STOI/SI-SDR."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from adaptive_exit import io
+from adaptive_exit.domain import Domain
+from adaptive_exit.losses import MultiExitObjective
+
+from .audio import list_audio
+from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset
+from .metrics import score
+from .model import EnhancerConfig, ProgressiveEnhancer
+from .stft import STFT
+
+logger = logging.getLogger(__name__)
+
+QUALITY_METRICS = ("pesq", "stoi", "estoi", "si_sdr")
+
+
+@dataclass
+class SpeechModelConfig:
+    num_stages: int = 6
+    hidden: int = 128
+    time_kernel: int = 3
+    dilations: list = field(default_factory=lambda: [1, 2, 4])
+    shared: bool = True
+    causal: bool = False
+    compress: float = 0.5
+    loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
+    si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
+
+    def enhancer(self) -> EnhancerConfig:
+        return EnhancerConfig(num_stages=self.num_stages, hidden=self.hidden, time_kernel=self.time_kernel,
+                              dilations=tuple(self.dilations), shared=self.shared, causal=self.causal)
+
+
+@dataclass
+class SpeechDataConfig:
+    source: str = "synthetic"  # synthetic | mix (clean + noise folders) | paired (noisy/ + clean/)
+    data_dir: str | None = None  # root for relative folders; default $ADAPTIVE_EXIT_DATA or ../shared/data
+    clean_dirs: list = field(default_factory=lambda: ["clean_speech"])
+    noise_dirs: list = field(default_factory=lambda: ["noise_clips"])
+    paired_dir: str | None = None  # evaluation pairs ("test" split), e.g. voicebank_demand_16k
+    train_size: int = 2000
+    dev_size: int = 64
+    seconds: float = 3.0
+    snr_low: float = -5.0
+    snr_high: float = 15.0
+    heldout_files: float = 0.1  # fraction of clean files kept out of training for the dev mixtures
+
+
+def data_root(cfg: SpeechDataConfig) -> Path:
+    return Path(cfg.data_dir or os.environ.get("ADAPTIVE_EXIT_DATA", str(Path("..") / "shared" / "data")))
+
+
+class SpeechDomain(Domain):
+    name = "speech"
+    model_config = SpeechModelConfig
+    data_config = SpeechDataConfig
+
+    # -- model
+    def build_model(self, model_cfg: SpeechModelConfig, data_cfg: SpeechDataConfig) -> nn.Module:
+        model = ProgressiveEnhancer(model_cfg.enhancer())
+        model.speech_config = model_cfg
+        return model
+
+    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
+        path = Path(path)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        io.write_with(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        io.write_json(path / "config.json", {"domain": self.name, "model": asdict(model.speech_config), "default_policy": default_policy})
+
+    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
+        return load_speech_model(path)
+
+    def set_default_policy(self, path: str | Path, policy: str) -> None:
+        config_file = Path(path) / "config.json"
+        meta = json.loads(config_file.read_text())
+        meta["default_policy"] = policy
+        io.write_json(config_file, meta)
+
+    # -- data
+    def load_split(self, data_cfg: SpeechDataConfig, split: str, seed: int) -> Sequence[Any]:
+        snr = (data_cfg.snr_low, data_cfg.snr_high)
+        if split == "test" and data_cfg.paired_dir:
+            return PairedFolder(data_root(data_cfg) / data_cfg.paired_dir)
+        if split not in ("train", "dev", "test"):
+            raise ValueError(f"unknown speech split {split!r}; expected train, dev or test")
+        size = data_cfg.train_size if split == "train" else data_cfg.dev_size
+        split_seed = seed * 10 + {"train": 1, "dev": 2, "test": 3}[split]
+        if data_cfg.source == "synthetic":
+            return SyntheticDataset(size, split_seed, data_cfg.seconds, snr)
+        if data_cfg.source == "paired":
+            if not data_cfg.paired_dir:
+                raise ValueError("data.source=paired needs data.paired_dir")
+            return PairedFolder(data_root(data_cfg) / data_cfg.paired_dir)
+        if data_cfg.source != "mix":
+            raise ValueError(f"data.source must be synthetic, mix or paired, got {data_cfg.source!r}")
+        root = data_root(data_cfg)
+        clean = [f for d in data_cfg.clean_dirs for f in list_audio(root / d)]
+        noise = [f for d in data_cfg.noise_dirs for f in list_audio(root / d)]
+        held = max(1, int(len(clean) * data_cfg.heldout_files))
+        files = clean[:-held] if split == "train" else clean[-held:]
+        return MixtureDataset(files, noise, size, split_seed, data_cfg.seconds, snr)
+
+    def collate(self, model: nn.Module, samples: list[Any]) -> Any:
+        batch = SpeechCollator(STFT(compress=model.speech_config.compress))(samples)
+        batch["compress"] = model.speech_config.compress
+        return batch
+
+    # -- training / evaluation
+    def objective(self, train_cfg, model: nn.Module | None = None):
+        cfg = model.speech_config if model is not None else SpeechModelConfig()
+        loss = SpectralLoss(cfg.loss_alpha, cfg.si_sdr_weight, cfg.compress)
+        return MultiExitObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature)
+
+    def task_loss(self, output: Tensor, batch: Any) -> Tensor:
+        return SpectralLoss()(output, batch)
+
+    def quality(self, outputs: Tensor, batch: Any) -> dict[str, Tensor]:
+        """PESQ, STOI, ESTOI and SI-SDR of every stage's waveform for every utterance."""
+        stft = STFT(compress=batch["compress"])
+        b, num = outputs.shape[:2]
+        result = {m: torch.full((b, num), math.nan, dtype=torch.float64) for m in QUALITY_METRICS}
+        for i in range(b):
+            frames, length = int(batch["frames"][i]), int(batch["lengths"][i])
+            clean = batch["clean_wav"][i].numpy()
+            for k in range(num):
+                wav = stft.waveform(outputs[i, k, ..., :frames], length).numpy()
+                for m, value in score(clean, wav, metrics=QUALITY_METRICS).items():
+                    result[m][i, k] = value
+        return result
+
+    def targets(self, batch: Any) -> None:
+        return None
+
+    def batch_size_of(self, batch: Any) -> int:
+        return batch["noisy_spec"].shape[0]
+
+    def report_extras(self, samples: Sequence[Any]) -> dict[str, Any]:
+        """The noisy input's scores on the evaluation split (the baseline to beat)."""
+        rows = [score(item["clean"], item["noisy"], metrics=QUALITY_METRICS) for item in samples]
+        noisy = {m: float(np.nanmean([r[m] for r in rows])) for m in QUALITY_METRICS}
+        failed = {m: int(sum(math.isnan(r[m]) for r in rows)) for m in QUALITY_METRICS}
+        seconds = float(sum(len(item["noisy"]) for item in samples)) / 16000
+        return {"noisy_input": noisy, "unscored_utterances": failed, "num_utterances": len(rows), "audio_seconds": seconds}
+
+
+class SpectralLoss:
+    """alpha * complex MSE + (1 - alpha) * magnitude MSE over real frames of compressed
+    spectra, minus an optional SI-SDR term (dB / 100) on the waveform."""
+
+    def __init__(self, alpha: float = 0.5, si_sdr_weight: float = 0.0, compress: float = 0.5):
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"loss_alpha must be in [0, 1], got {alpha}")
+        self.alpha, self.si_sdr_weight, self.compress = alpha, si_sdr_weight, compress
+
+    def __call__(self, output: Tensor, batch: Any) -> Tensor:
+        target = batch["clean_spec"]
+        mask = _frame_mask(batch["frames"], output.shape[-1], output.device)
+        bins = mask.sum() * output.shape[2]
+        complex_err = ((output - target) ** 2 * mask).sum() / (2 * bins)
+        magnitude = lambda s: torch.sqrt(s[:, 0] ** 2 + s[:, 1] ** 2 + 1e-8)  # noqa: E731
+        magnitude_err = ((magnitude(output) - magnitude(target)) ** 2 * mask[:, 0]).sum() / bins
+        loss = self.alpha * complex_err + (1 - self.alpha) * magnitude_err
+        if self.si_sdr_weight:
+            loss = loss - self.si_sdr_weight * _batch_si_sdr(output, batch, self.compress) / 100.0
+        return loss
+
+
+def _frame_mask(frames: Tensor, total: int, device) -> Tensor:
+    mask = torch.arange(total, device=device)[None, :] < frames.to(device)[:, None]
+    return mask[:, None, None, :].float()
+
+
+def _batch_si_sdr(output: Tensor, batch: Any, compress: float) -> Tensor:
+    stft = STFT(compress=compress)
+    values = []
+    for i in range(output.shape[0]):
+        frames, length = int(batch["frames"][i]), int(batch["lengths"][i])
+        est = stft.waveform(output[i, ..., :frames], length)
+        ref = batch["clean_wav"][i].to(est.device)
+        ref, est = ref - ref.mean(), est - est.mean()
+        target = (est @ ref) / (ref @ ref + 1e-8) * ref
+        values.append(10 * torch.log10((target @ target + 1e-8) / ((est - target) @ (est - target) + 1e-8)))
+    return torch.stack(values).mean()
+
+
+def load_speech_model(path: str | Path) -> tuple[ProgressiveEnhancer, str]:
+    path = Path(path)
+    config_file, weights = path / "config.json", path / "model.safetensors"
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"model file missing: {f}")
+    try:
+        meta = json.loads(config_file.read_text())
+        cfg = SpeechModelConfig(**meta["model"])
+        model = ProgressiveEnhancer(cfg.enhancer())
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"cannot load speech model from {path}: {exc}") from exc
+    model.speech_config = cfg
+    return model.eval(), meta.get("default_policy", "full")
+
+
+DOMAIN = SpeechDomain()

@@ -1,0 +1,191 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from adaptive_exit.cli import main
+from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.speech.audio import load_audio
+from adaptive_exit.speech.data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset, mix_at_snr
+from adaptive_exit.speech.domain import DOMAIN, SpectralLoss, SpeechModelConfig
+from adaptive_exit.speech.metrics import score, si_sdr
+from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
+from adaptive_exit.speech.stft import STFT
+from adaptive_exit.traces import record_trace, replay
+from tests.conftest import REPO
+
+RELATIVE = "patience:1,threshold={},distance=relative"
+
+
+@pytest.mark.parametrize("compress", [None, 0.5])
+def test_stft_round_trip_is_exact(compress):
+    stft = STFT(compress=compress)
+    wav = torch.randn(16000 + 123) * 0.3
+    spec = stft.spectrum(wav)
+    assert spec.shape == (2, 161, stft.frames(len(wav)))
+    torch.testing.assert_close(stft.waveform(spec, len(wav)), wav, rtol=0, atol=1e-5)
+
+
+def tiny_enhancer(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    cfg = SpeechModelConfig(hidden=24, num_stages=4, **kwargs)
+    model = DOMAIN.build_model(cfg, None)
+    # random weights barely change the estimate; scale the output layers so stages differ
+    with torch.no_grad():
+        for stage in model.stages:
+            stage.out.weight.mul_(20)
+    return model.eval()
+
+
+@pytest.mark.parametrize("shared, causal", [(True, False), (False, True)])
+def test_batched_runner_equals_per_utterance_runs(shared, causal):
+    model = tiny_enhancer(shared=shared, causal=causal)
+    items = [SyntheticDataset(3, 5, seconds=s)[i] for i, s in enumerate([0.6, 1.3, 0.9])]
+    collate = SpeechCollator(STFT())
+    batch = collate(items)
+    for threshold in (0.01, 0.1, 1.0):
+        policy = RELATIVE.format(threshold)
+        batched = EarlyExitRunner(model, policy)(batch)
+        for i, item in enumerate(items):
+            alone = EarlyExitRunner(model, policy)(collate([item]))
+            frames = int(batch["frames"][i])
+            assert int(batched.exit_stage[i]) == int(alone.exit_stage[0])
+            torch.testing.assert_close(batched.output[i, ..., :frames], alone.output[0], rtol=1e-4, atol=1e-5)
+            assert batched.output[i, ..., frames:].abs().max() == 0 if frames < batch["noisy_spec"].shape[-1] else True
+    trace = record_trace(model, [batch], progress=False)
+    assert torch.equal(replay(trace, RELATIVE.format(0.1)).exit_stage, EarlyExitRunner(model, RELATIVE.format(0.1))(batch).exit_stage)
+
+
+def test_causal_model_has_no_look_ahead():
+    model = tiny_enhancer(causal=True)
+    wav = torch.from_numpy(SyntheticDataset(1, 1, seconds=1.0)[0]["noisy"])
+    stft = STFT()
+    full, frames = stft.batch([wav])
+    changed = full.clone()
+    changed[..., 60:] += torch.randn_like(changed[..., 60:])
+    with torch.no_grad():
+        a = EarlyExitRunner(model, "full")({"noisy_spec": full, "frames": frames}).output
+        b = EarlyExitRunner(model, "full")({"noisy_spec": changed, "frames": frames}).output
+    torch.testing.assert_close(a[..., :60], b[..., :60])
+    assert not torch.allclose(a[..., 60:], b[..., 60:])
+
+
+def test_parameter_counts_are_small_by_default():
+    shared = ProgressiveEnhancer(SpeechModelConfig().enhancer())
+    assert 1e5 < sum(p.numel() for p in shared.parameters()) < 1e6
+    unshared = ProgressiveEnhancer(SpeechModelConfig(shared=False).enhancer())
+    assert sum(p.numel() for p in unshared.parameters()) == 6 * sum(p.numel() for p in shared.parameters())
+
+
+def test_spectral_loss_is_zero_for_the_clean_target_and_ignores_padding():
+    items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
+    batch = SpeechCollator(STFT())(items)
+    loss = SpectralLoss(alpha=0.5)
+    assert loss(batch["clean_spec"], batch).item() == pytest.approx(0.0, abs=1e-6)
+    noisy_padding = batch["clean_spec"].clone()
+    noisy_padding[0, ..., int(batch["frames"][0]):] = 5.0
+    assert loss(noisy_padding, batch).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(batch["noisy_spec"], batch).item() > 0
+
+
+def test_mixing_hits_the_snr():
+    rng = np.random.default_rng(0)
+    clean, noise = rng.standard_normal(16000), rng.standard_normal(16000) * 3
+    noisy = mix_at_snr(clean, noise, 5.0)
+    scaled_noise = noisy - clean
+    assert 10 * np.log10(np.mean(clean**2) / np.mean(scaled_noise**2)) == pytest.approx(5.0, abs=1e-9)
+
+
+def test_datasets_are_reproducible(tmp_path):
+    a, b = SyntheticDataset(4, 7), SyntheticDataset(4, 7)
+    assert np.array_equal(a[2]["noisy"], b[2]["noisy"])
+    assert not np.array_equal(a[2]["noisy"], SyntheticDataset(4, 8)[2]["noisy"])
+    for name, sr in (("c1.wav", 16000), ("c2.wav", 16000), ("n.wav", 16000)):
+        sf.write(tmp_path / name, np.random.default_rng(len(name)).standard_normal(sr * 2) * 0.1, sr)
+    mix = MixtureDataset([tmp_path / "c1.wav", tmp_path / "c2.wav"], [tmp_path / "n.wav"], size=5, seed=3, seconds=1.0)
+    first = mix[4]
+    assert np.array_equal(first["noisy"], mix[4]["noisy"]) and len(first["noisy"]) == 16000
+    assert np.abs(first["noisy"]).max() <= 0.95 + 1e-6
+
+
+def test_bad_audio_inputs(tmp_path):
+    stereo = np.stack([np.ones(1600) * 0.5, np.zeros(1600)], axis=1)
+    sf.write(tmp_path / "stereo.wav", stereo, 16000)
+    assert np.allclose(load_audio(tmp_path / "stereo.wav"), 0.25, atol=1e-4)  # downmixed by averaging
+    sf.write(tmp_path / "low.wav", np.sin(np.arange(8000) / 8000 * 2 * np.pi * 200).astype(np.float32), 8000)
+    assert len(load_audio(tmp_path / "low.wav")) == 16000  # resampled to 16 kHz
+    sf.write(tmp_path / "high.wav", np.zeros(44100, dtype=np.float32), 44100)
+    assert len(load_audio(tmp_path / "high.wav")) == 16000
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(ValueError, match="empty.wav: the audio is empty"):
+        load_audio(tmp_path / "empty.wav")
+    nan = np.zeros(1000, dtype=np.float32)
+    nan[10] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav: 1 sample"):
+        load_audio(tmp_path / "nan.wav")
+    (tmp_path / "text.wav").write_text("this is not audio")
+    with pytest.raises(ValueError, match="text.wav: not a readable audio file"):
+        load_audio(tmp_path / "text.wav")
+
+
+def test_metrics_flag_unscorable_signals_with_nan():
+    rng = np.random.default_rng(0)
+    clean = SyntheticDataset(1, 0, seconds=1.5)[0]["clean"]
+    noisy = clean + 0.05 * rng.standard_normal(len(clean)).astype(np.float32)
+    good = score(clean, noisy)
+    assert 1.0 <= good["pesq"] <= 4.6 and 0 < good["stoi"] <= 1 and good["si_sdr"] > 5
+    assert score(clean, clean)["si_sdr"] > 60
+    assert all(math.isnan(v) for v in score(clean[:1000], noisy[:1000]).values())  # too short
+    assert all(math.isnan(v) for v in score(np.zeros_like(clean), noisy).values())  # silent reference
+    bad = noisy.copy()
+    bad[5] = np.nan
+    assert all(math.isnan(v) for v in score(clean, bad).values())
+    assert si_sdr(clean, 2.0 * clean) > 100  # scale-invariant
+
+
+def test_paired_folder_checks_twins(tmp_path):
+    (tmp_path / "noisy").mkdir()
+    (tmp_path / "clean").mkdir()
+    sf.write(tmp_path / "noisy" / "a.wav", np.zeros(1600, dtype=np.float32) + 0.1, 16000)
+    with pytest.raises(ValueError, match="without a clean twin"):
+        PairedFolder(tmp_path)
+    sf.write(tmp_path / "clean" / "a.wav", np.zeros(1600, dtype=np.float32) + 0.1, 16000)
+    assert PairedFolder(tmp_path)[0]["name"] == "a.wav"
+
+
+def test_enhance_cli_writes_same_length_and_rate(tmp_path, capsys):
+    model = tiny_enhancer()
+    DOMAIN.save_model(model, tmp_path / "model", RELATIVE.format(0.05))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    speech = SyntheticDataset(1, 0, seconds=1.0)[0]["noisy"]
+    sf.write(inputs / "a16.wav", speech, 16000)
+    import librosa
+
+    sf.write(inputs / "b44.wav", librosa.resample(speech, orig_sr=16000, target_sr=44100), 44100)
+    sf.write(inputs / "stereo.wav", np.stack([speech, speech], 1), 16000)
+    (inputs / "broken.wav").write_bytes(b"RIFF....nonsense")
+    assert main(["enhance", "--model", str(tmp_path / "model"), "--input", str(inputs), "--output", str(tmp_path / "out"), "--budget", "0.5"]) == 0
+    records = {json.loads(l)["input"].split("/")[-1]: json.loads(l) for l in capsys.readouterr().out.splitlines()}
+    assert "not a readable audio file" in records["broken.wav"]["error"]
+    for name in ("a16.wav", "b44.wav", "stereo.wav"):
+        rec = records[name]
+        out, sr = sf.read(rec["output"])
+        src = sf.info(str(inputs / name))
+        assert sr == src.samplerate and len(out) == src.frames and out.ndim == 1
+        assert rec["stages_used"] <= 2 and rec["cost_fraction"] <= 0.5  # the budget caps every file
+
+
+def test_quickstart_recipe_smoke(tmp_path):
+    code = main(["run", str(REPO / "recipes/speech/quickstart/quickstart.yaml"), f"run_dir={tmp_path}", "train.max_steps=30",
+                 "train.progress=false", "data.train_size=96", "data.dev_size=4", "eval.timing_repeats=1",
+                 "model.hidden=32", "calibrate.budget=null"])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["extras"]["num_utterances"] == 4
+    assert set(results["full_model"]) == {"pesq", "si_sdr", "stoi", "estoi"}
+    assert results["timing"]["matches_trace_replay"] and results["timing"]["modes_agree"]
