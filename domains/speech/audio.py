@@ -34,6 +34,11 @@ def check_audio(audio: np.ndarray, where: str) -> np.ndarray:
 
 def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     """Read a file as mono float32 at ``target_sr``."""
+    return read_audio(path, target_sr)[0]
+
+
+def read_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
+    """(mono float32 audio at ``target_sr``, the file's sample rate, its length in samples)."""
     import soundfile as sf
 
     path = Path(path)
@@ -45,7 +50,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndar
         raise ValueError(f"{path}: not a readable audio file ({exc})") from None
     audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     check_audio(audio, str(path))
-    return check_audio(resample(audio, sr, target_sr), str(path))
+    return check_audio(resample(audio, sr, target_sr), str(path)), sr, len(audio)
 
 
 def save_audio(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:

@@ -22,11 +22,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import soundfile as sf
-
     from adaptive_exit.runner import EarlyExitRunner
 
-    from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, list_audio, load_audio, resample, save_audio
+    from .audio import SAMPLE_RATE, list_audio, read_audio, resample, save_audio
     from .domain import load_speech_model
     from .stft import STFT
 
@@ -48,9 +46,7 @@ def run(args: argparse.Namespace) -> int:
     for path in files:
         record = {"input": str(path)}
         try:
-            info = sf.info(str(path)) if path.suffix.lower() in AUDIO_SUFFIXES else None
-            orig_sr = info.samplerate if info else SAMPLE_RATE
-            audio = load_audio(path)  # mono 16 kHz, or a clear ValueError
+            audio, orig_sr, orig_len = read_audio(path)  # mono 16 kHz, or a clear ValueError
             start = time.perf_counter()
             spec, frames = stft.batch([torch.from_numpy(audio)])
             with torch.no_grad():
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             enhanced = stft.waveform(result.output[0, ..., : int(frames[0])], len(audio)).numpy()
             seconds = time.perf_counter() - start
             enhanced = resample(enhanced, SAMPLE_RATE, orig_sr)
-            enhanced = _fit_length(enhanced, info.frames if info else len(audio))
+            enhanced = _fit_length(enhanced, orig_len)
             target = out_dir / (path.stem + ".wav")
             save_audio(target, enhanced, orig_sr)
             record.update({"output": str(target), "exit_stage": int(result.exit_stage[0]), "stages_used": int(result.exit_stage[0]) + 1,

@@ -42,6 +42,12 @@ class PairedFolder:
         return {"name": name, "noisy": noisy[:n], "clean": clean[:n]}
 
 
+def _check_index(i: int, size: int) -> None:
+    # Generated datasets have no natural end: without this, `for item in dataset` never stops.
+    if not 0 <= i < size:
+        raise IndexError(f"index {i} out of range for a dataset of {size} items")
+
+
 @lru_cache(maxsize=2048)
 def _cached(path: str) -> np.ndarray:
     audio = load_audio(path)
@@ -81,6 +87,7 @@ class MixtureDataset:
         return self.size
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        _check_index(i, self.size)
         rng = random.Random(self.seed * 1_000_003 + i)
         clean = _segment(_cached(str(rng.choice(self.clean_files))), self.length, rng)
         noise = _segment(_cached(str(rng.choice(self.noise_files))), self.length, rng)
@@ -145,6 +152,7 @@ class SyntheticDataset:
         return self.size
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        _check_index(i, self.size)
         rng = np.random.default_rng(self.seed * 1_000_003 + i)
         clean = synthetic_speech(self.seconds, rng)
         snr = float(rng.uniform(*self.snr_range))

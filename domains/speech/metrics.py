@@ -14,8 +14,6 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.25
-
-
 def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
     """Scale-invariant SDR in dB (Le Roux et al. 2019), zero-mean signals."""
     reference = reference.astype(np.float64) - reference.mean()
@@ -59,13 +57,15 @@ def score(reference: np.ndarray, estimate: np.ndarray, sr: int = 16000, metrics:
 def _one(metric: str, reference: np.ndarray, estimate: np.ndarray, sr: int) -> float:
     if metric == "si_sdr":
         return si_sdr(reference, estimate)
-    if metric in ("pesq", "pesq_nb"):
+    if metric == "pesq_nb":
         from pesq import pesq
 
-        if metric == "pesq_nb":
-            from .audio import resample
+        from .audio import resample
 
-            return float(pesq(8000, resample(reference, sr, 8000), resample(estimate, sr, 8000), "nb"))
+        return float(pesq(8000, resample(reference, sr, 8000), resample(estimate, sr, 8000), "nb"))
+    if metric == "pesq":
+        from pesq import pesq
+
         if sr != 16000:
             raise ValueError("wide-band PESQ needs 16 kHz")
         return float(pesq(16000, reference, estimate, "wb"))

@@ -192,7 +192,13 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
     def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
         hidden = state["hidden"].index_select(0, keep)
         mask2d = state["mask2d"].index_select(0, keep)
-        # Rebuild for the kept rows: None when none of them is padded (sdpa's fast path).
+        # Drop trailing columns that are padding for every kept row (the longest
+        # sentences may have exited): later layers then run on shorter sequences.
+        real = mask2d.any(dim=0).nonzero()
+        width = int(real[-1]) + 1 if len(real) else 1
+        if width < mask2d.shape[1]:
+            hidden, mask2d = hidden[:, :width], mask2d[:, :width]
+        # Rebuild the mask for the kept rows: None when none of them is padded (sdpa's fast path).
         return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
 
     def stage_cost(self, k: int) -> float:

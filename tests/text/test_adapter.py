@@ -63,3 +63,16 @@ def test_albert_shares_layer_groups():
     model = tiny_model("albert")
     groups = [id(model.adapter.layer(k)) for k in range(model.num_stages)]
     assert groups[0] == groups[1] and groups[2] == groups[3] and groups[0] != groups[2]
+
+
+def test_compaction_trims_padding_of_exited_long_rows():
+    model = tiny_model("bert")
+    batch = random_batch(3, 9, seed=2)
+    batch["attention_mask"][:] = 0
+    for row, n in enumerate((9, 4, 6)):
+        batch["attention_mask"][row, :n] = 1
+    state = model.run_stage(0, model.begin(batch))
+    kept = model.select(state, torch.tensor([1, 2]))
+    assert kept["hidden"].shape[1] == 6 and kept["mask2d"].shape[1] == 6
+    alone = model.select(state, torch.tensor([1]))
+    assert alone["hidden"].shape[1] == 4 and alone["mask"] is None
