@@ -26,10 +26,10 @@ def test_layer_k_equals_backbone_hidden_state_k(arch):
     assert model.num_stages == len(hidden_states) - 1
 
 
-@pytest.mark.parametrize("arch", sorted(TINY))
+@pytest.mark.parametrize("arch, pooling", [(a, "cls") for a in sorted(TINY)] + [("bert", "mean"), ("distilbert", "mean")])
 @pytest.mark.parametrize("policy", ["patience:1", "entropy:0.68", "patience:2 | budget:3"])
-def test_compaction_equals_per_sample_inference(arch, policy):
-    model = tiny_model(arch, num_labels=2)
+def test_compaction_equals_per_sample_inference(arch, pooling, policy):
+    model = tiny_model(arch, num_labels=2, pooling=pooling)
     batch = random_batch(8, 10, seed=3)
     batched = EarlyExitRunner(model, policy)(batch)
     for i in range(8):
