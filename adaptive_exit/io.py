@@ -36,6 +36,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def update_json(path: str | os.PathLike, **changes: Any) -> None:
+    """Set top-level keys of a JSON file, atomically."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data.update(changes)
+    write_json(path, data)
+
+
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

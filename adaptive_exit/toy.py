@@ -164,10 +164,7 @@ class ToyDomain(Domain):
         return model.eval(), meta.get("default_policy", "full")
 
     def set_default_policy(self, path: str | Path, policy: str) -> None:
-        config_file = Path(path) / "config.json"
-        meta = json.loads(config_file.read_text())
-        meta["default_policy"] = policy
-        io.write_json(config_file, meta)
+        io.update_json(Path(path) / "config.json", default_policy=policy)
 
     def load_split(self, data_cfg: ToyDataConfig, split: str, seed: int) -> Sequence[Any]:
         sizes = {"train": data_cfg.train_size, "dev": data_cfg.dev_size, "test": data_cfg.test_size}

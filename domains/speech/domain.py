@@ -86,10 +86,7 @@ class SpeechDomain(Domain):
         return load_speech_model(path)
 
     def set_default_policy(self, path: str | Path, policy: str) -> None:
-        config_file = Path(path) / "config.json"
-        meta = json.loads(config_file.read_text())
-        meta["default_policy"] = policy
-        io.write_json(config_file, meta)
+        io.update_json(Path(path) / "config.json", default_policy=policy)
 
     # -- data
     def load_split(self, data_cfg: SpeechDataConfig, split: str, seed: int) -> Sequence[Any]:

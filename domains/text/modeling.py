@@ -27,6 +27,7 @@ from transformers.utils import ModelOutput
 from adaptive_exit.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
 from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.staged import all_exit_outputs
 from adaptive_exit.traces import Trace, replay
 
 from .architectures import EncoderAdapter
@@ -226,14 +227,6 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
             return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
         return F.cross_entropy(logits, labels)
 
-    def all_exits(self, batch: dict[str, Tensor]) -> list[Tensor]:
-        state = self.begin(batch)
-        outputs = []
-        for k in range(self.num_stages):
-            state = self.run_stage(k, state)
-            outputs.append(self.exit_output(k, state))
-        return outputs
-
     def forward(
         self,
         input_ids: Tensor,
@@ -253,7 +246,7 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
             batch["token_type_ids"] = token_type_ids
         policy = build_policy(policy) if policy is not None else self._policy
         if self.training or output_all_exits:
-            outputs = self.all_exits(batch)
+            outputs = all_exit_outputs(self, batch)
             stacked = torch.stack(outputs, dim=1)
             if self.training:
                 logits, exit_layer = outputs[-1], torch.full((input_ids.shape[0],), self.num_stages, device=input_ids.device)
