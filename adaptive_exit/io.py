@@ -43,6 +43,31 @@ def update_json(path: str | os.PathLike, **changes: Any) -> None:
     write_json(path, data)
 
 
+def save_model_folder(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """``path/model.safetensors`` (weights) and ``path/config.json`` (meta), each atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_with(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+    write_json(path / "config.json", meta)
+
+
+def read_model_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(meta, weights) of a folder written by :func:`save_model_folder`; names a missing file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_file, weights = path / "config.json", path / "model.safetensors"
+    for f in (config_file, weights):
+        if not f.is_file():
+            raise FileNotFoundError(f"model file missing: {f}")
+    try:
+        return json.loads(config_file.read_text(encoding="utf-8")), load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - corrupt JSON or safetensors
+        raise ValueError(f"cannot read model folder {path}: {exc}") from exc
+
+
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

@@ -10,14 +10,12 @@ It is used by the demo recipe, the tests and ``benchmarks/core_runner.py``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from . import io
@@ -144,21 +142,13 @@ class ToyDomain(Domain):
         return ToyStagedModel(model_cfg)
 
     def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
-        path = Path(path)
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        io.write_with(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-        io.write_json(path / "config.json", {"domain": self.name, "model": asdict(model.config), "default_policy": default_policy})
+        io.save_model_folder(path, model, {"domain": self.name, "model": asdict(model.config), "default_policy": default_policy})
 
     def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
-        path = Path(path)
-        config_file, weights = path / "config.json", path / "model.safetensors"
-        for f in (config_file, weights):
-            if not f.is_file():
-                raise FileNotFoundError(f"model file missing: {f}")
+        meta, weights = io.read_model_folder(path)
         try:
-            meta = json.loads(config_file.read_text())
             model = ToyStagedModel(ToyModelConfig(**meta["model"]))
-            model.load_state_dict(load_file(str(weights)))
+            model.load_state_dict(weights)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"cannot load toy model from {path}: {exc}") from exc
         return model.eval(), meta.get("default_policy", "full")

@@ -1,7 +1,6 @@
 """The speech domain for recipes: progressive enhancement, stage-weighted spectral loss, PESQ/STOI/SI-SDR."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -11,7 +10,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from adaptive_exit import io
@@ -77,10 +75,7 @@ class SpeechDomain(Domain):
         return model
 
     def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
-        path = Path(path)
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        io.write_with(path / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-        io.write_json(path / "config.json", {"domain": self.name, "model": asdict(model.speech_config), "default_policy": default_policy})
+        io.save_model_folder(path, model, {"domain": self.name, "model": asdict(model.speech_config), "default_policy": default_policy})
 
     def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
         return load_speech_model(path)
@@ -196,16 +191,11 @@ def _batch_si_sdr(output: Tensor, batch: Any, compress: float) -> Tensor:
 
 
 def load_speech_model(path: str | Path) -> tuple[ProgressiveEnhancer, str]:
-    path = Path(path)
-    config_file, weights = path / "config.json", path / "model.safetensors"
-    for f in (config_file, weights):
-        if not f.is_file():
-            raise FileNotFoundError(f"model file missing: {f}")
+    meta, weights = io.read_model_folder(path)
     try:
-        meta = json.loads(config_file.read_text())
         cfg = SpeechModelConfig(**meta["model"])
         model = ProgressiveEnhancer(cfg.enhancer())
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"cannot load speech model from {path}: {exc}") from exc
     model.speech_config = cfg
