@@ -5,7 +5,15 @@ A budget is written ``KIND:VALUE``:
 * ``mean:0.5``   - mean cost at most 50% of the full model (cost model units);
 * ``stages:3``   - mean number of stages used at most 3;
 * ``max:0.5``    - every sample at most 50% of the full cost: a hard cap
-  (the chosen policy is combined with a :class:`~adaptive_exit.policies.Budget`).
+  (the chosen policy is combined with a :class:`~adaptive_exit.policies.Budget`);
+* ``flops:2.5G`` - mean FLOPs per sample (suffixes K, M, G, T);
+* ``ms:15``      - mean latency per request (one sample at a time) in milliseconds;
+* ``p95:20ms``   - the 95th percentile of that latency (any ``pNN``);
+* ``rtf:0.3``    - mean real-time factor per utterance (processing time / audio duration).
+
+``flops``, ``ms``, ``pNN`` and ``rtf`` are measured with a cost model
+(:mod:`adaptive_exit.costs`): calibration gets an (N, L) table of each sample's
+cumulative cost after each stage in that unit.
 
 Calibration replays candidate policies on development traces, keeps those that
 meet the budget and picks the best quality (ties: the cheaper one). The report
@@ -18,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
 import torch
+from torch import Tensor
 
 from .evaluation import LOWER_IS_BETTER, expand_family, score
 from .policies import Budget, ExitPolicy, build_policy
@@ -26,7 +35,20 @@ from .traces import Trace, replay
 
 logger = logging.getLogger(__name__)
 
-BUDGET_KINDS = ("mean", "stages", "max")
+BUDGET_KINDS = ("mean", "stages", "max", "flops", "ms", "pNN", "rtf")
+UNIT_OF_KIND = {"mean": "fraction", "max": "fraction", "stages": "stages", "flops": "flops", "ms": "ms", "rtf": "rtf"}
+_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def _number(raw: str, kind: str) -> float:
+    raw = raw.strip().lower()
+    if raw.endswith("%"):
+        return float(raw[:-1]) / 100
+    if kind in ("ms", "p") and raw.endswith("ms"):
+        return float(raw[:-2])
+    if kind == "flops" and raw[-1:] in _SUFFIX:
+        return float(raw[:-1]) * _SUFFIX[raw[-1]]
+    return float(raw)
 
 
 @dataclass(frozen=True)
@@ -40,11 +62,13 @@ class BudgetSpec:
             return text
         kind, sep, value = str(text).partition(":")
         kind = kind.strip().lower()
-        if not sep or kind not in BUDGET_KINDS:
-            raise ValueError(f"bad budget {text!r}: expected KIND:VALUE with KIND one of {BUDGET_KINDS} (e.g. 'mean:0.5')")
+        percentile = kind.startswith("p") and kind[1:].isdigit() and 0 < int(kind[1:]) < 100
+        if not sep or (kind not in UNIT_OF_KIND and not percentile):
+            raise ValueError(f"bad budget {text!r}: expected KIND:VALUE with KIND one of {BUDGET_KINDS} "
+                             "(e.g. 'mean:0.5', 'p95:20ms', 'rtf:0.3', 'flops:2G')")
         raw = value.strip()
         try:
-            number = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+            number = _number(raw, "p" if percentile else kind)
         except ValueError:
             raise ValueError(f"bad budget {text!r}: {raw!r} is not a number") from None
         if number <= 0:
@@ -53,19 +77,42 @@ class BudgetSpec:
             raise ValueError(f"bad budget {text!r}: {kind} is a fraction of the full cost, in (0, 1]")
         return cls(kind, number)
 
-    def achieved(self, result: ExitResult) -> float:
-        """The quantity this budget limits, measured on a result."""
+    @property
+    def unit(self) -> str:
+        """The cost unit this budget is measured in (see :mod:`adaptive_exit.costs`)."""
+        return UNIT_OF_KIND.get(self.kind, "ms")
+
+    @property
+    def needs_cost_model(self) -> bool:
+        return self.unit in ("flops", "ms", "rtf")
+
+    def achieved(self, result: ExitResult, costs: Tensor | None = None) -> float:
+        """The quantity this budget limits, measured on a result.
+
+        ``costs``: the (N, L) cumulative per-sample cost table in :attr:`unit`,
+        required by cost-model budgets.
+        """
         if self.kind == "stages":
             return result.mean_stages
         if self.kind == "max":
             return float(result.cost.max()) / result.full_cost
-        return result.cost_fraction
+        if self.kind == "mean":
+            return result.cost_fraction
+        if costs is None:
+            raise ValueError(f"budget {self} needs per-sample costs in {self.unit} from a cost model")
+        if costs.shape[0] != result.exit_stage.shape[0]:
+            raise ValueError(f"cost table has {costs.shape[0]} samples, the result {result.exit_stage.shape[0]}")
+        spent = costs[torch.arange(costs.shape[0]), result.exit_stage.cpu()].double()
+        if self.kind.startswith("p") and self.kind not in UNIT_OF_KIND:
+            return float(torch.quantile(spent, int(self.kind[1:]) / 100))
+        return float(spent.mean())
 
-    def met(self, result: ExitResult, tolerance: float = 1e-9) -> bool:
-        return self.achieved(result) <= self.value * (1 + tolerance)
+    def met(self, result: ExitResult, costs: Tensor | None = None, tolerance: float = 1e-9) -> bool:
+        return self.achieved(result, costs) <= self.value * (1 + tolerance)
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.value:g}"
+        suffix = "ms" if self.unit == "ms" else ""
+        return f"{self.kind}:{self.value:g}{suffix}"
 
 
 @dataclass
@@ -80,9 +127,10 @@ class Calibration:
         return asdict(self)
 
 
-def _summary(trace: Trace, result: ExitResult, budget: BudgetSpec, metric: str) -> dict[str, float]:
+def _summary(trace: Trace, result: ExitResult, budget: BudgetSpec, metric: str, costs: Tensor | None) -> dict[str, float]:
     return {
-        "achieved": budget.achieved(result),
+        "achieved": budget.achieved(result, costs),
+        "unit": budget.unit,
         "cost_fraction": result.cost_fraction,
         "mean_stages": result.mean_stages,
         "speedup": result.speedup,
@@ -101,8 +149,14 @@ def calibrate(
     budget: str | BudgetSpec,
     metric: str,
     heldout: Trace | None = None,
+    costs: Tensor | None = None,
+    heldout_costs: Tensor | None = None,
 ) -> Calibration:
-    """Choose the candidate with the best ``metric`` whose cost meets ``budget``."""
+    """Choose the candidate with the best ``metric`` whose cost meets ``budget``.
+
+    ``costs`` / ``heldout_costs``: (N, L) cumulative per-sample cost tables for
+    budgets measured by a cost model (FLOPs, ms, pNN, RTF).
+    """
     budget = BudgetSpec.parse(budget)
     if trace.num_samples == 0:
         raise ValueError("cannot calibrate on an empty trace")
@@ -116,16 +170,16 @@ def calibrate(
     best: tuple | None = None
     for policy in policies:
         result = replay(trace, policy)
-        if not budget.met(result):
+        if not budget.met(result, costs):
             continue
         key = (sign * score(trace, result.exit_stage, metric), -result.cost_fraction)
         if best is None or key > best[0]:
             best = (key, policy, result)
     if best is None:
-        cheapest = min(policies, key=lambda p: replay(trace, p).cost_fraction)
+        cheapest = min(policies, key=lambda p: budget.achieved(replay(trace, p), costs))
         raise ValueError(
             f"no candidate policy meets budget {budget} on the calibration data; the cheapest "
-            f"({cheapest.spec()}) costs {budget.achieved(replay(trace, cheapest)):.3f}. "
+            f"({cheapest.spec()}) costs {budget.achieved(replay(trace, cheapest), costs):.4g} {budget.unit}. "
             "Add cheaper candidates (lower patience, looser thresholds) or use a 'max:' budget."
         )
     _, policy, result = best
@@ -133,17 +187,23 @@ def calibrate(
         policy=policy.spec(),
         budget=str(budget),
         target=budget.value,
-        calibration=_summary(trace, result, budget, metric),
-        heldout=None if heldout is None else _summary(heldout, replay(heldout, policy), budget, metric),
+        calibration=_summary(trace, result, budget, metric, costs),
+        heldout=None if heldout is None else _summary(heldout, replay(heldout, policy), budget, metric, heldout_costs),
     )
+
+
+def split_indices(num_samples: int, heldout_fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random (calibration, held-out) sample indices, as :func:`split_trace` uses."""
+    if not 0 < heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    cut = int(round(num_samples * (1 - heldout_fraction)))
+    if cut == 0 or cut == num_samples:
+        raise ValueError(f"a trace of {num_samples} samples is too small to split for calibration")
+    return order[:cut], order[cut:]
 
 
 def split_trace(trace: Trace, heldout_fraction: float, seed: int = 0) -> tuple[Trace, Trace]:
     """A random split into (calibration, held-out) parts."""
-    if not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
-    order = torch.randperm(trace.num_samples, generator=torch.Generator().manual_seed(seed))
-    cut = int(round(trace.num_samples * (1 - heldout_fraction)))
-    if cut == 0 or cut == trace.num_samples:
-        raise ValueError(f"a trace of {trace.num_samples} samples is too small to split for calibration")
-    return trace.subset(order[:cut]), trace.subset(order[cut:])
+    dev, held = split_indices(trace.num_samples, heldout_fraction, seed)
+    return trace.subset(dev), trace.subset(held)

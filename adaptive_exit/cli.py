@@ -47,13 +47,17 @@ def _core(args: argparse.Namespace) -> int:
     pipeline = Pipeline(recipe)
     if args.command == "train":
         pipeline.train()
-        print(f"model saved to {pipeline.model_dir}")
+        if pipeline.shard.is_main:
+            print(f"model saved to {pipeline.model_dir}")
         return 0
     if args.command == "calibrate":
         result = pipeline.calibrate(args.budget)
-        print(json.dumps(result, indent=2))
+        if result is not None:
+            print(json.dumps(result, indent=2))
         return 0
     report = {"run": pipeline.run, "evaluate": pipeline.evaluate, "sweep": pipeline.sweep}[args.command]()
+    if report is None:  # a non-main rank of a multi-process launch: the main process reports
+        return 0
     print(summary_table(report))
     if "timing" in report:
         print(json.dumps(report["timing"], indent=2))

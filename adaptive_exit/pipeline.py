@@ -18,7 +18,8 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -27,6 +28,7 @@ from .budget import BudgetSpec
 from .budget import calibrate as calibrate_trace
 from .budget import candidate_policies, split_trace
 from .config import Recipe, from_dict, save_resolved
+from .distributed import current_shard
 from .domain import Domain, get_domain
 from .policies import build_policy
 from .evaluation import build_report, format_table, rows_from_report, write_report
@@ -47,6 +49,7 @@ class Pipeline:
         self.data_cfg = from_dict(self.domain.data_config, recipe.data, "data")
         self.run_dir = Path(recipe.run_dir)
         self.model_dir = self.run_dir / "model"
+        self.shard = current_shard()
         try:
             build_policy(recipe.eval.policy)
         except ValueError as exc:
@@ -56,14 +59,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
 
-    def batches(self, model, split: str, batch_size: int) -> list[Any]:
+    def batches(self, model, split: str, batch_size: int) -> "Batches":
+        """The split in fixed batches, collated on access (a shard collates only its own)."""
         samples = self.domain.load_split(self.data_cfg, split, self.recipe.seed)
         if len(samples) == 0:
             raise ValueError(f"split {split!r} of domain {self.domain.name!r} is empty")
-        return [
-            self.domain.collate(model, [samples[j] for j in range(i, min(i + batch_size, len(samples)))])
-            for i in range(0, len(samples), batch_size)
-        ]
+        return Batches(samples, batch_size, lambda items: self.domain.collate(model, items))
 
     def load_model(self):
         return self.domain.load_model(self.model_dir)
@@ -88,20 +89,26 @@ class Pipeline:
         )
         model = trainer.train()
         policy = self.recipe.eval.policy
-        self.domain.save_model(model, self.model_dir, policy if isinstance(policy, str) else json.dumps(policy))
-        logger.info("model saved to %s", self.model_dir)
+        if self.shard.is_main:
+            self.domain.save_model(model, self.model_dir, policy if isinstance(policy, str) else json.dumps(policy))
+            logger.info("model saved to %s", self.model_dir)
+        self.shard.barrier()
         return model
 
     def record(self, split: str | None = None) -> Trace:
+        """Every stage's outputs and quality on a split, sharded across launched
+        processes; every rank gets the whole trace, the main process saves it."""
         split = split or self.recipe.eval.split
         model, _ = self.load_model()
         batches = self.batches(model, split, self.recipe.eval.batch_size)
         trace = record_trace(
             model, batches, targets=self.domain.targets,
             quality=self.domain.quality, pad_value=self.domain.trace_pad_value(),
-            meta={"split": split, "domain": self.domain.name},
+            meta={"split": split, "domain": self.domain.name}, shard=self.shard,
         )
-        trace.save(self.trace_path(split))
+        if self.shard.is_main:
+            trace.save(self.trace_path(split))
+        self.shard.barrier()
         return trace
 
     def load_trace(self, split: str | None = None) -> Trace:
@@ -109,8 +116,10 @@ class Pipeline:
         path = self.trace_path(split)
         return Trace.load(path) if path.exists() else self.record(split)
 
-    def sweep(self, trace: Trace | None = None) -> dict[str, Any]:
+    def sweep(self, trace: Trace | None = None) -> dict[str, Any] | None:
         trace = trace or self.load_trace()
+        if not self.shard.is_main:
+            return None
         ev = self.recipe.eval
         report = build_report(trace, ev.sweeps, ev.metrics)
         previous = self.run_dir / "results.json"
@@ -129,7 +138,7 @@ class Pipeline:
         ev = self.recipe.eval
         model, default_policy = self.load_model()
         policy = policy or default_policy
-        batches = self.batches(model, ev.split, ev.timing_batch_size)
+        batches = list(self.batches(model, ev.split, ev.timing_batch_size))  # collate once, outside the clock
         timings: dict[str, Any] = {"batch_size": ev.timing_batch_size, "policy": policy, "threads": torch.get_num_threads()}
         results = {}
         for label, spec, mode in (("full", "full", "compact"), ("compact", policy, "compact"), ("batch_sync", policy, "batch-sync")):
@@ -155,8 +164,12 @@ class Pipeline:
                 timings["matches_trace_replay"] = bool(torch.equal(replay(trace, policy).exit_stage, results["compact"].exit_stage))
         return timings
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> dict[str, Any] | None:
+        """Record (sharded), then sweep, time and write the report on the main
+        process only; other ranks return None."""
         trace = self.record()
+        if not self.shard.is_main:
+            return None
         report = self.sweep(trace)
         extras = self.domain.report_extras(self.domain.load_split(self.data_cfg, self.recipe.eval.split, self.recipe.seed))
         if extras:
@@ -165,13 +178,17 @@ class Pipeline:
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
         return report
 
-    def calibrate(self, budget: str | None = None) -> dict[str, Any]:
+    def calibrate(self, budget: str | None = None) -> dict[str, Any] | None:
+        """Choose the best policy within the budget on the calibration split and
+        make it the model's default (the main process writes; others return None)."""
         cal = self.recipe.calibrate
         budget = budget or cal.budget
         if not budget:
             raise ValueError("no budget given: set calibrate.budget in the recipe or pass --budget (e.g. mean:0.5)")
         budget = BudgetSpec.parse(budget)
         trace = self.load_trace(cal.split)
+        if not self.shard.is_main:
+            return None
         dev, heldout = split_trace(trace, cal.heldout_fraction, seed=self.recipe.seed)
         families = cal.candidates or self.recipe.eval.sweeps
         if not families:
@@ -181,13 +198,34 @@ class Pipeline:
         io.write_json(self.run_dir / "calibration.json", result.to_dict())
         return result.to_dict()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> dict[str, Any] | None:
         self.train()
         report = self.evaluate()
-        if self.recipe.calibrate.budget:
-            report["calibration"] = self.calibrate()
+        calibration = self.calibrate() if self.recipe.calibrate.budget else None
+        if report is not None and calibration is not None:
+            report["calibration"] = calibration
             io.write_json(self.run_dir / "results.json", report)
         return report
+
+
+class Batches(Sequence):
+    """Fixed-size batches of a dataset, collated when indexed."""
+
+    def __init__(self, samples: Sequence[Any], batch_size: int, collate: Callable[[list[Any]], Any]):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.samples, self.batch_size, self.collate = samples, batch_size, collate
+
+    def __len__(self) -> int:
+        return (len(self.samples) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[i] for i in range(*b.indices(len(self)))]
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"batch {b} out of range ({len(self)} batches)")
+        start = (b % len(self)) * self.batch_size
+        return self.collate([self.samples[j] for j in range(start, min(start + self.batch_size, len(self.samples)))])
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import io
+from .distributed import Shard, current_shard
 from .policies import ExitPolicy, build_policy
 from .runner import pad_cat
 from .staged import ExitResult, StagedModel, all_exit_outputs, stage_costs
@@ -112,31 +113,47 @@ def record_trace(
     pad_value: float = 0.0,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    shard: Shard | None = None,
 ) -> Trace:
     """Run every stage on every batch and store the exit outputs.
 
     ``targets(batch)`` gives the batch's targets; ``quality(outputs, batch)`` gets
     the (B, L, ...) stage outputs and returns name -> (B, L) quality. Outputs of
     different batches are padded with ``pad_value`` to a common shape.
+
+    Under a multi-process launch, ``batches`` must be a sequence: batch b is run by
+    rank ``b % world`` and every rank returns the whole trace, identical to a
+    single-process recording.
     """
-    outputs, target_list, quality_lists = [], [], {}
-    for batch in tqdm(batches, desc="recording traces", disable=not progress, leave=False):
-        stacked = torch.stack(all_exit_outputs(model, batch), dim=1).float().cpu()
-        outputs.append(stacked)
-        batch_targets = targets(batch) if targets is not None else None
-        if batch_targets is not None:
-            target_list.append(torch.as_tensor(batch_targets).cpu())
-        for name, value in ((quality(stacked, batch) if quality else None) or {}).items():
-            quality_lists.setdefault(name, []).append(torch.as_tensor(value, dtype=torch.float64))
-    if not outputs:
+    shard = shard or current_shard()
+    record = lambda batch: _record_batch(model, batch, targets, quality)  # noqa: E731
+    if shard.distributed:
+        if not isinstance(batches, Sequence):
+            raise TypeError("sharded trace recording needs a sequence of batches (len and indexing)")
+        mine = [b for b in range(len(batches)) if shard.owns(b)]
+        local = {b: record(batches[b]) for b in tqdm(mine, desc=f"recording traces (rank {shard.rank})", disable=not progress, leave=False)}
+        parts = shard.gather(local, len(batches))
+    else:
+        parts = [record(batch) for batch in tqdm(batches, desc="recording traces", disable=not progress, leave=False)]
+    if not parts:
         raise ValueError("cannot record a trace over an empty dataset")
+    target_list = [p[1] for p in parts if p[1] is not None]
+    names = parts[0][2].keys()
     return Trace(
-        outputs=pad_cat(outputs, value=pad_value),
+        outputs=pad_cat([p[0] for p in parts], value=pad_value),
         stage_costs=stage_costs(model),
         targets=pad_cat(target_list) if target_list else None,
-        quality={name: torch.cat(values) for name, values in quality_lists.items()},
+        quality={name: torch.cat([p[2][name] for p in parts]) for name in names},
         meta=dict(meta or {}),
     )
+
+
+def _record_batch(model: StagedModel, batch: Any, targets: Callable | None, quality: QualityFn | None) -> tuple:
+    stacked = torch.stack(all_exit_outputs(model, batch), dim=1).float().cpu()
+    batch_targets = targets(batch) if targets is not None else None
+    batch_targets = torch.as_tensor(batch_targets).cpu() if batch_targets is not None else None
+    scores = (quality(stacked, batch) if quality else None) or {}
+    return stacked, batch_targets, {name: torch.as_tensor(v, dtype=torch.float64) for name, v in scores.items()}
 
 
 def replay(trace: Trace, policy: ExitPolicy | str | dict) -> ExitResult:

@@ -22,6 +22,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Enhance each file; with several launched processes files are sharded by rank,
+    each rank writes its own WAVs, and the main process prints all records in order."""
+    from adaptive_exit.distributed import map_ordered
     from adaptive_exit.runner import EarlyExitRunner
 
     from .audio import SAMPLE_RATE, list_audio, read_audio, resample, save_audio
@@ -42,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise FileNotFoundError(f"input not found: {source}")
     out_dir = Path(args.output)
-    failures = 0
-    for path in files:
-        record = {"input": str(path)}
+
+    def enhance(path: Path) -> dict:
+        record: dict = {"input": str(path)}
         try:
             audio, orig_sr, orig_len = read_audio(path)  # mono 16 kHz, or a clear ValueError
             start = time.perf_counter()
@@ -62,10 +65,15 @@ def run(args: argparse.Namespace) -> int:
                            "duration_s": len(audio) / SAMPLE_RATE, "sample_rate": orig_sr, "processing_s": seconds,
                            "rtf": seconds / (len(audio) / SAMPLE_RATE)})
         except (ValueError, FileNotFoundError) as exc:
-            failures += 1
             record["error"] = str(exc)
+        return record
+
+    failures = printed = 0
+    for record in map_ordered(files, enhance):  # sharded by file under torchrun / accelerate launch
+        printed += 1
+        failures += "error" in record
         print(json.dumps(record), flush=True)
-    return 1 if failures and failures == len(files) else 0
+    return 1 if printed and failures == printed else 0
 
 
 def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:

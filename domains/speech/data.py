@@ -70,11 +70,27 @@ def _segment(audio: np.ndarray, length: int, rng: random.Random) -> np.ndarray:
     return np.tile(audio, reps)[:length]
 
 
+def tilt(audio: np.ndarray, coefficient: float) -> np.ndarray:
+    """First-order spectral tilt y[n] = x[n] - c x[n-1] (c > 0 brightens, c < 0 darkens), power kept."""
+    out = audio.astype(np.float64).copy()
+    out[1:] -= coefficient * audio[:-1]
+    power = float(np.mean(out**2))
+    return out * math.sqrt(float(np.mean(audio.astype(np.float64) ** 2)) / power) if power > 0 else out
+
+
 class MixtureDataset:
-    """Clean speech files mixed with noise files at a random SNR, segment and gain."""
+    """Clean speech files mixed with noise files at a random SNR, segment and gain.
+
+    Training-time noise augmentation widens a small noise set: ``babble_prob`` replaces
+    the noise by a sum of 3-6 other talkers (cafeteria-like), ``noise_eq`` tilts its
+    spectrum at random.
+    """
 
     def __init__(self, clean_files: Sequence[Path], noise_files: Sequence[Path], size: int, seed: int,
-                 seconds: float = 3.0, snr_range: tuple[float, float] = (-5.0, 15.0), gain_db: tuple[float, float] = (-6.0, 6.0)):
+                 seconds: float = 3.0, snr_range: tuple[float, float] = (-5.0, 15.0), gain_db: tuple[float, float] = (-6.0, 6.0),
+                 babble_prob: float = 0.0, noise_eq: bool = False):
+        if not 0 <= babble_prob <= 1:
+            raise ValueError(f"babble_prob must be in [0, 1], got {babble_prob}")
         if not clean_files:
             raise ValueError("no clean speech files to mix")
         if not noise_files:
@@ -82,6 +98,7 @@ class MixtureDataset:
         self.clean_files, self.noise_files = list(clean_files), list(noise_files)
         self.size, self.seed, self.length = size, seed, int(seconds * SAMPLE_RATE)
         self.snr_range, self.gain_db = snr_range, gain_db
+        self.babble_prob, self.noise_eq = babble_prob, noise_eq
 
     def __len__(self) -> int:
         return self.size
@@ -90,13 +107,21 @@ class MixtureDataset:
         _check_index(i, self.size)
         rng = random.Random(self.seed * 1_000_003 + i)
         clean = _segment(_cached(str(rng.choice(self.clean_files))), self.length, rng)
-        noise = _segment(_cached(str(rng.choice(self.noise_files))), self.length, rng)
+        noise = self._noise(rng)
         snr = rng.uniform(*self.snr_range)
         noisy = mix_at_snr(clean, noise, snr)
         gain = 10 ** (rng.uniform(*self.gain_db) / 20)
         peak = max(float(np.abs(noisy).max()) * gain, 1e-9)
         gain = gain / peak * 0.95 if peak > 0.95 else gain  # never clip
         return {"name": f"mix{i:06d}_snr{snr:+.1f}", "noisy": (noisy * gain).astype(np.float32), "clean": (clean * gain).astype(np.float32)}
+
+    def _noise(self, rng: random.Random) -> np.ndarray:
+        if self.babble_prob and rng.random() < self.babble_prob:
+            talkers = [_segment(_cached(str(rng.choice(self.clean_files))), self.length, rng) for _ in range(rng.randint(3, 6))]
+            noise = sum(t / max(float(np.sqrt(np.mean(t**2))), 1e-6) for t in talkers)
+        else:
+            noise = _segment(_cached(str(rng.choice(self.noise_files))), self.length, rng)
+        return tilt(noise, rng.uniform(-0.9, 0.9)) if self.noise_eq else noise
 
 
 # --------------------------------------------------------------------------- synthetic speech

@@ -35,13 +35,15 @@ class SpeechModelConfig:
     dilations: list = field(default_factory=lambda: [1, 2, 4])
     shared: bool = True
     causal: bool = False
+    output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | mapping
     compress: float = 0.5
     loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
     si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
 
     def enhancer(self) -> EnhancerConfig:
         return EnhancerConfig(num_stages=self.num_stages, hidden=self.hidden, time_kernel=self.time_kernel,
-                              dilations=tuple(self.dilations), shared=self.shared, causal=self.causal)
+                              dilations=tuple(self.dilations), shared=self.shared, causal=self.causal,
+                              output=self.output)
 
 
 @dataclass
@@ -57,6 +59,8 @@ class SpeechDataConfig:
     snr_low: float = -5.0
     snr_high: float = 15.0
     heldout_files: float = 0.1  # fraction of clean files kept out of training for the dev mixtures
+    babble_prob: float = 0.0  # training mixtures only: chance the noise is babble from 3-6 other training talkers
+    noise_eq: bool = False  # training mixtures only: random first-order spectral tilt of the noise
 
 
 def data_root(cfg: SpeechDataConfig) -> Path:
@@ -105,7 +109,8 @@ class SpeechDomain(Domain):
         noise = [f for d in data_cfg.noise_dirs for f in list_audio(root / d)]
         held = max(1, int(len(clean) * data_cfg.heldout_files))
         files = clean[:-held] if split == "train" else clean[-held:]
-        return MixtureDataset(files, noise, size, split_seed, data_cfg.seconds, snr)
+        augment = {"babble_prob": data_cfg.babble_prob, "noise_eq": data_cfg.noise_eq} if split == "train" else {}
+        return MixtureDataset(files, noise, size, split_seed, data_cfg.seconds, snr, **augment)
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
         batch = SpeechCollator(STFT(compress=model.speech_config.compress))(samples)
@@ -193,7 +198,7 @@ def _batch_si_sdr(output: Tensor, batch: Any, compress: float) -> Tensor:
 def load_speech_model(path: str | Path) -> tuple[ProgressiveEnhancer, str]:
     meta, weights = io.read_model_folder(path)
     try:
-        cfg = SpeechModelConfig(**meta["model"])
+        cfg = SpeechModelConfig(**{"output": "mapping", **meta["model"]})  # folders saved before `output` existed
         model = ProgressiveEnhancer(cfg.enhancer())
         model.load_state_dict(weights)
     except Exception as exc:  # noqa: BLE001

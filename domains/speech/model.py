@@ -6,6 +6,12 @@ memory across stages (stage-recurrent, as PL-CRN++ / DARCN). With
 ``shared=True`` every stage uses the same weights; otherwise each has its own.
 ``causal=True`` gives time convolutions no look-ahead (streaming).
 
+Two output forms (``output``): ``"mapping"`` adds a predicted complex residual to
+the previous estimate; ``"masked-mapping"`` (default) forms each stage's complex
+estimate as a bounded complex ratio mask on the noisy spectrum plus a complex
+residual. The mask part keeps a small model from inventing energy it cannot
+justify, which is what made plain mapping degrade on unseen noise types.
+
 Padding never leaks: spectra are per-utterance, and every time-mixing layer's
 input is multiplied by the frame mask, so padded frames look exactly like the
 convolution's own zero padding of a lone utterance.
@@ -30,6 +36,14 @@ class EnhancerConfig:
     dilations: tuple = (1, 2, 4)
     shared: bool = True
     causal: bool = False
+    output: str = "masked-mapping"  # masked-mapping | mapping
+
+    def __post_init__(self):
+        if self.output not in OUTPUT_FORMS:
+            raise ValueError(f"model.output must be one of {OUTPUT_FORMS}, got {self.output!r}")
+
+
+OUTPUT_FORMS = ("masked-mapping", "mapping")
 
 
 class TimeConv(nn.Module):
@@ -70,7 +84,8 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(TimeConv(d, cfg.time_kernel, dil, cfg.causal) for dil in cfg.dilations)
         self.norms = nn.ModuleList(FrameNorm(d) for _ in cfg.dilations)
         self.memory = nn.GRUCell(d, d)
-        self.out = nn.Conv1d(d, 2 * f, 1)
+        self.masked = cfg.output == "masked-mapping"
+        self.out = nn.Conv1d(d, (4 if self.masked else 2) * f, 1)
 
     def forward(self, noisy: Tensor, previous: Tensor, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         b, _, f, t = noisy.shape
@@ -80,8 +95,21 @@ class Stage(nn.Module):
         d = x.shape[1]
         h = self.memory((x * mask).transpose(1, 2).reshape(b * t, d), h.transpose(1, 2).reshape(b * t, d))
         h = h.reshape(b, t, d).transpose(1, 2) * mask
-        estimate = previous + self.out(h).reshape(b, 2, f, t)
+        if self.masked:
+            out = self.out(h).reshape(b, 4, f, t)
+            estimate = complex_mask(out[:, :2], noisy) + out[:, 2:]
+        else:
+            estimate = previous + self.out(h).reshape(b, 2, f, t)
         return estimate * mask.unsqueeze(1), h
+
+
+def complex_mask(raw: Tensor, spec: Tensor) -> Tensor:
+    """Apply a complex ratio mask with magnitude bounded by tanh (< 1) to (B, 2, F, T) spectra."""
+    real, imag = raw[:, 0], raw[:, 1]
+    magnitude = torch.sqrt(real**2 + imag**2 + 1e-8)
+    scale = torch.tanh(magnitude) / magnitude
+    m_re, m_im = real * scale, imag * scale
+    return torch.stack([m_re * spec[:, 0] - m_im * spec[:, 1], m_re * spec[:, 1] + m_im * spec[:, 0]], 1)
 
 
 class ProgressiveEnhancer(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Iterator, TextIO
+from typing import Iterator, TextIO, Union
 
 import torch
 
@@ -24,26 +24,56 @@ def _lines(handle: TextIO) -> Iterator[tuple[int, str]]:
         yield number, line.rstrip("\n").rstrip("\r")
 
 
+Job = Union[dict, list]  # an error record, or a batch of (line number, example)
+
+
+def _jobs(handle: TextIO, batch_size: int) -> Iterator[Job]:
+    """Input lines grouped into batches in input order; empty lines become error records."""
+    pending: list[tuple[int, dict]] = []
+    for number, line in _lines(handle):
+        text, _, pair = line.partition("\t")
+        if not text.strip() or ("\t" in line and not pair.strip()):
+            if pending:
+                yield pending  # keep output in input order
+                pending = []
+            yield {"line": number, "error": "empty text"}
+            continue
+        example = {"text": text, "text_pair": pair if "\t" in line else None, "label": None}
+        if pending and (pending[0][1]["text_pair"] is None) != (example["text_pair"] is None):
+            yield pending  # single sentences and pairs are batched separately
+            pending = []
+        pending.append((number, example))
+        if len(pending) >= batch_size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
 def run(args: argparse.Namespace) -> int:
+    """Stream predictions; under torchrun/accelerate launch the batches are sharded
+    across processes and the main process prints every line in input order."""
+    from adaptive_exit.distributed import map_ordered
     from adaptive_exit.runner import EarlyExitRunner
 
     from .data import TextCollator
     from .domain import load_text_model
 
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, default_policy = load_text_model(args.model)
     runner = EarlyExitRunner(model, args.policy or default_policy)
     collate = TextCollator(model.tokenizer, model.config.max_seq_length)
     labels = model.config.label_names
-    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
-    pending: list[tuple[int, dict]] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        batch = collate([example for _, example in pending])
+    def predict(job: Job) -> list[dict]:
+        if isinstance(job, dict):
+            return [job]
+        batch = collate([example for _, example in job])
         with torch.no_grad():
             result = runner(batch)
-        for (number, example), output, stage in zip(pending, result.output, result.exit_stage):
+        records = []
+        for (number, example), output, stage in zip(job, result.output, result.exit_stage):
             record = {"line": number, "text": example["text"], "exit_layer": int(stage) + 1, "num_layers": model.num_stages}
             if example["text_pair"] is not None:
                 record["text_pair"] = example["text_pair"]
@@ -54,23 +84,14 @@ def run(args: argparse.Namespace) -> int:
                 label = int(probs.argmax())
                 record["label"] = labels[label] if labels else label
                 record["score"] = float(probs[label])
-            print(json.dumps(record), flush=True)
-        pending.clear()
+            records.append(record)
+        return records
 
+    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
     try:
-        for number, line in _lines(handle):
-            text, _, pair = line.partition("\t")
-            if not text.strip() or ("\t" in line and not pair.strip()):
-                flush()  # keep output in input order
-                print(json.dumps({"line": number, "error": "empty text"}), flush=True)
-                continue
-            example = {"text": text, "text_pair": pair if "\t" in line else None, "label": None}
-            if pending and (pending[0][1]["text_pair"] is None) != (example["text_pair"] is None):
-                flush()  # single sentences and pairs are batched separately
-            pending.append((number, example))
-            if len(pending) >= args.batch_size:
-                flush()
-        flush()
+        for records in map_ordered(_jobs(handle, args.batch_size), predict):
+            for record in records:
+                print(json.dumps(record), flush=True)
     finally:
         if handle is not sys.stdin:
             handle.close()

@@ -1,0 +1,168 @@
+"""Cost models for any StagedModel: FLOPs and latency per stage, per input size.
+
+* FLOPs are counted with ``torch.utils.flop_counter`` while running each stage (and
+  its exit head) on a one-sample batch of the given size: exact for that size.
+* Latency is the median wall-clock of each stage over repeats after a warm-up, on
+  the current device and thread count, for a one-sample batch (a request).
+
+Costs depend on the input size (tokens, audio frames), so a :class:`CostModel`
+profiles one representative input per size and caches the result (in memory and,
+if given, in a JSON file next to the model). FLOPs are profiled for every size
+present; latency, which needs repeats, at a few sizes, interpolated linearly in
+between (stage latency is close to linear in tokens/frames at these lengths).
+
+:func:`sample_costs` turns a profile into an (N, L) table: the cumulative cost of
+sample i when it exits after stage k, in a unit: ``stages``, ``fraction``,
+``flops``, ``ms`` or ``rtf`` (ms / audio duration).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import io
+from .staged import StagedModel, stage_costs
+
+UNITS = ("stages", "fraction", "flops", "ms", "rtf")
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def count_stage_flops(model: StagedModel, batch: Any) -> list[float]:
+    """FLOPs of each stage (including its exit head) per sample of ``batch``."""
+    size = None
+    counts = []
+    with FlopCounterMode(display=False) as counter:
+        state = model.begin(batch)
+    begin_flops = counter.get_total_flops()
+    for k in range(model.num_stages):
+        with FlopCounterMode(display=False) as counter:
+            state = model.run_stage(k, state)
+            out = model.exit_output(k, state)
+        size = size or out.shape[0]
+        counts.append(float(counter.get_total_flops()))
+    counts[0] += float(begin_flops)  # embeddings / front end are paid by the first stage
+    return [c / size for c in counts]
+
+
+@torch.no_grad()
+def time_stages(model: StagedModel, batch: Any, repeats: int = 10, warmup: int = 2) -> list[float]:
+    """Median milliseconds of each stage (with its exit head) on ``batch``."""
+    device = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
+    device = device.device if device is not None else None
+    samples: list[list[float]] = [[] for _ in range(model.num_stages)]
+    for r in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        state = model.begin(batch)
+        _sync(device)
+        begin = time.perf_counter() - start
+        for k in range(model.num_stages):
+            start = time.perf_counter()
+            state = model.run_stage(k, state)
+            model.exit_output(k, state)
+            _sync(device)
+            elapsed = time.perf_counter() - start + (begin if k == 0 else 0.0)
+            if r >= warmup:
+                samples[k].append(elapsed * 1000.0)
+    return [statistics.median(s) for s in samples]
+
+
+class CostModel:
+    """Per-stage FLOPs and latency of one model as functions of input size, cached.
+
+    ``make_batch(size)`` returns a one-sample batch whose input size is ``size``.
+    ``cache_file`` (optional) persists profiles across runs; latency entries are keyed
+    by device and thread count, since they are only valid there.
+    """
+
+    def __init__(self, model: StagedModel, make_batch: Callable[[int], Any], cache_file: str | os.PathLike | None = None,
+                 repeats: int = 10, warmup: int = 2):
+        self.model, self.make_batch = model, make_batch
+        self.cache_file, self.repeats, self.warmup = cache_file, repeats, warmup
+        self.cache: dict[str, list[float]] = {}
+        if cache_file and os.path.exists(cache_file):
+            try:
+                self.cache = json.loads(open(cache_file, encoding="utf-8").read())
+            except ValueError:
+                self.cache = {}  # a corrupt cache is only a cache: profile again
+
+    def _device_key(self) -> str:
+        param = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
+        device = param.device if param is not None else torch.device("cpu")
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+        return f"{device.type}:{name}:threads={torch.get_num_threads()}"
+
+    def _cached(self, key: str, compute: Callable[[], list[float]]) -> list[float]:
+        if key not in self.cache:
+            self.cache[key] = compute()
+            if self.cache_file:
+                io.write_json(self.cache_file, self.cache)
+        return self.cache[key]
+
+    def flops(self, size: int) -> list[float]:
+        return self._cached(f"flops/size={int(size)}", lambda: count_stage_flops(self.model, self.make_batch(int(size))))
+
+    def latency_ms(self, size: int) -> list[float]:
+        key = f"ms/{self._device_key()}/size={int(size)}"
+        return self._cached(key, lambda: time_stages(self.model, self.make_batch(int(size)), self.repeats, self.warmup))
+
+    def latency_table(self, sizes: Sequence[int], points: int = 4) -> np.ndarray:
+        """(len(sizes), L) per-stage latency, measured at ``points`` size quantiles, interpolated."""
+        sizes = np.asarray(sizes, dtype=np.float64)
+        anchors = sorted({int(round(q)) for q in np.quantile(sizes, np.linspace(0, 1, points))})
+        measured = np.array([self.latency_ms(a) for a in anchors])  # (A, L)
+        if len(anchors) == 1:
+            return np.repeat(measured, len(sizes), axis=0)
+        table = np.empty((len(sizes), measured.shape[1]))
+        for k in range(measured.shape[1]):
+            slope, intercept = np.polyfit(anchors, measured[:, k], 1)
+            table[:, k] = np.interp(sizes, anchors, measured[:, k], left=np.nan, right=np.nan)
+            outside = np.isnan(table[:, k])
+            table[outside, k] = intercept + slope * sizes[outside]
+        return np.maximum(table, 0.0)
+
+
+def sample_costs(unit: str, model: StagedModel, sizes: Sequence[int] | None = None, cost_model: CostModel | None = None,
+                 durations: Sequence[float] | None = None) -> Tensor:
+    """(N, L) cumulative cost of each sample exiting after each stage, in ``unit``.
+
+    ``stages`` and ``fraction`` need only the model; ``flops`` and ``ms`` need the
+    samples' input sizes and a cost model; ``rtf`` also the audio durations (seconds).
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unknown cost unit {unit!r}; expected one of {UNITS}")
+    costs = torch.tensor(stage_costs(model), dtype=torch.float64)
+    if unit in ("stages", "fraction"):
+        if sizes is None:
+            raise ValueError(f"cost unit {unit!r} needs the number of samples (sizes)")
+        per_stage = torch.ones(len(sizes), model.num_stages, dtype=torch.float64) if unit == "stages" else \
+            (costs / costs.sum()).expand(len(sizes), -1).clone()
+        return per_stage.cumsum(1)
+    if sizes is None or cost_model is None:
+        raise ValueError(f"cost unit {unit!r} needs input sizes and a cost model")
+    if unit == "flops":
+        table = torch.tensor([cost_model.flops(s) for s in sizes], dtype=torch.float64)
+        return table.cumsum(1)
+    latency = torch.from_numpy(cost_model.latency_table(sizes)).cumsum(1)
+    if unit == "ms":
+        return latency
+    if durations is None:
+        raise ValueError("cost unit 'rtf' needs the audio duration of every sample")
+    seconds = torch.as_tensor(durations, dtype=torch.float64)
+    if bool((seconds <= 0).any()):
+        raise ValueError("rtf needs positive audio durations")
+    return latency / 1000.0 / seconds[:, None]
