@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .config import ConfigError, load_recipe
@@ -33,8 +34,13 @@ def build_parser(extra: dict | None = None) -> argparse.ArgumentParser:
     _recipe_parser(sub, "train", "train the recipe's model")
     _recipe_parser(sub, "evaluate", "record traces on the eval split, sweep, and time the default policy")
     _recipe_parser(sub, "sweep", "sweep policies on recorded traces (no model run)")
-    cal = _recipe_parser(sub, "calibrate", "choose the best policy within a compute budget and make it the model's default")
-    cal.add_argument("--budget", help="e.g. mean:0.5 (mean cost fraction), stages:3, max:0.6 (hard cap)")
+    cal = sub.add_parser("calibrate", help="choose the best policy within a compute budget and make it the model's default")
+    cal.add_argument("recipe", nargs="?", help="path to a YAML recipe (or give --model)")
+    cal.add_argument("overrides", nargs="*", help="key.path=value overrides (values parsed as YAML)")
+    cal.add_argument("--model", help="a saved model folder (RUN_DIR/model); its run's config.yaml is the recipe")
+    cal.add_argument("--data", help="the split to calibrate on (default: calibrate.split of the recipe)")
+    cal.add_argument("--budget", help="mean:0.5 (mean fraction of the full model), stages:3, max:0.6 (hard cap), "
+                     "flops:2G, ms:15, p95:20ms, rtf:0.3")
     for name, loader in (extra or {}).items():
         loader()(sub)
     return parser
@@ -43,8 +49,13 @@ def build_parser(extra: dict | None = None) -> argparse.ArgumentParser:
 def _core(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline, summary_table
 
-    recipe, _ = load_recipe(args.recipe, args.overrides)
+    recipe_path, overrides = args.recipe, list(args.overrides)
+    if args.command == "calibrate":
+        recipe_path, overrides = _calibration_recipe(args)
+    recipe, _ = load_recipe(recipe_path, overrides)
     pipeline = Pipeline(recipe)
+    if getattr(args, "model", None):
+        pipeline.model_dir = Path(args.model)
     if args.command == "train":
         pipeline.train()
         if pipeline.shard.is_main:
@@ -63,6 +74,25 @@ def _core(args: argparse.Namespace) -> int:
         print(json.dumps(report["timing"], indent=2))
     print(f"results written to {pipeline.run_dir}")
     return 0
+
+
+def _calibration_recipe(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The recipe and overrides for ``calibrate``: given, or found next to ``--model``."""
+    overrides = list(args.overrides)
+    if args.model:
+        run_dir = Path(args.model).resolve().parent
+        if not (Path(args.model) / "config.json").is_file():
+            raise FileNotFoundError(f"--model {args.model}: no saved model there (config.json missing)")
+        if args.recipe is None:
+            args.recipe = str(run_dir / "config.yaml")
+            if not Path(args.recipe).is_file():
+                raise FileNotFoundError(f"--model {args.model}: the run's recipe {args.recipe} is missing; pass the recipe as well")
+        overrides.append(f"run_dir={run_dir}")
+    if args.recipe is None:
+        raise ValueError("calibrate needs a recipe or --model RUN_DIR/model")
+    if args.data:
+        overrides.append(f"calibrate.split={args.data}")
+    return args.recipe, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:

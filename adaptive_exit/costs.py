@@ -123,7 +123,7 @@ class CostModel:
     def latency_table(self, sizes: Sequence[int], points: int = 4) -> np.ndarray:
         """(len(sizes), L) per-stage latency, measured at ``points`` size quantiles, interpolated."""
         sizes = np.asarray(sizes, dtype=np.float64)
-        anchors = sorted({int(round(q)) for q in np.quantile(sizes, np.linspace(0, 1, points))})
+        anchors = sorted({int(q) for q in np.quantile(sizes, np.linspace(0, 1, points), method="nearest")})
         measured = np.array([self.latency_ms(a) for a in anchors])  # (A, L)
         if len(anchors) == 1:
             return np.repeat(measured, len(sizes), axis=0)

@@ -65,6 +65,15 @@ class Domain:
         """Domain-specific figures for the report (e.g. the noisy input's PESQ)."""
         return {}
 
+    def input_sizes(self, batch: Any) -> Tensor | None:
+        """(B,) input size of each sample (tokens, frames): what its cost scales with.
+        None if the domain has no notion of size (then FLOPs/latency budgets are unavailable)."""
+        return None
+
+    def durations(self, batch: Any) -> Tensor | None:
+        """(B,) seconds of audio per sample, for real-time-factor budgets (None: not audio)."""
+        return None
+
     def trace_pad_value(self) -> float:
         return 0.0
 

@@ -22,11 +22,13 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
 from . import io
 from .budget import BudgetSpec
 from .budget import calibrate as calibrate_trace
-from .budget import candidate_policies, split_trace
+from .budget import candidate_policies, split_indices
+from .costs import CostModel, sample_costs
 from .config import Recipe, from_dict, save_resolved
 from .distributed import current_shard
 from .domain import Domain, get_domain
@@ -178,6 +180,33 @@ class Pipeline:
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
         return report
 
+    def cost_model(self, model, split: str) -> tuple[CostModel, list[int], list[float] | None]:
+        """A cost model of ``model`` with representative inputs from ``split``, and every
+        sample's input size (and audio duration). Profiles are cached in the model folder."""
+        samples = self.domain.load_split(self.data_cfg, split, self.recipe.seed)
+        sizes, durations, example_of_size = [], [], {}
+        for i in range(len(samples)):
+            batch = self.domain.collate(model, [samples[i]])
+            size = self.domain.input_sizes(batch)
+            if size is None:
+                raise ValueError(f"domain {self.domain.name!r} gives no input sizes: FLOPs/latency budgets are unavailable")
+            sizes.append(int(size[0]))
+            example_of_size.setdefault(sizes[-1], i)
+            seconds = self.domain.durations(batch)
+            durations.append(None if seconds is None else float(seconds[0]))
+        make_batch = lambda size: self.domain.collate(model, [samples[example_of_size[size]]])  # noqa: E731
+        costs = CostModel(model, make_batch, cache_file=self.model_dir / "costs.json")
+        return costs, sizes, (None if durations[0] is None else durations)
+
+    def cost_table(self, split: str, unit: str) -> Tensor:
+        """(N, L): each sample's cumulative cost after each stage in ``unit``."""
+        model, _ = self.load_model()
+        if unit in ("stages", "fraction"):
+            num = len(self.domain.load_split(self.data_cfg, split, self.recipe.seed))
+            return sample_costs(unit, model, sizes=[0] * num)
+        costs, sizes, durations = self.cost_model(model, split)
+        return sample_costs(unit, model, sizes, costs, durations)
+
     def calibrate(self, budget: str | None = None) -> dict[str, Any] | None:
         """Choose the best policy within the budget on the calibration split and
         make it the model's default (the main process writes; others return None)."""
@@ -189,11 +218,16 @@ class Pipeline:
         trace = self.load_trace(cal.split)
         if not self.shard.is_main:
             return None
-        dev, heldout = split_trace(trace, cal.heldout_fraction, seed=self.recipe.seed)
         families = cal.candidates or self.recipe.eval.sweeps
         if not families:
             raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
-        result = calibrate_trace(dev, candidate_policies(families), budget, self.recipe.eval.metrics[0], heldout=heldout)
+        dev_index, held_index = split_indices(trace.num_samples, cal.heldout_fraction, seed=self.recipe.seed)
+        costs = self.cost_table(cal.split, budget.unit) if budget.needs_cost_model else None
+        result = calibrate_trace(
+            trace.subset(dev_index), candidate_policies(families), budget, self.recipe.eval.metrics[0],
+            heldout=trace.subset(held_index),
+            costs=None if costs is None else costs[dev_index], heldout_costs=None if costs is None else costs[held_index],
+        )
         self.domain.set_default_policy(self.model_dir, result.policy)
         io.write_json(self.run_dir / "calibration.json", result.to_dict())
         return result.to_dict()

@@ -162,6 +162,9 @@ class ToyDomain(Domain):
             raise ValueError(f"unknown toy split {split!r}; expected one of {sorted(sizes)}")
         return make_toy_samples(data_cfg, sizes[split], seed=1000 * seed + self.SPLIT_SEEDS[split])
 
+    def input_sizes(self, batch: Any) -> Tensor:
+        return batch["mask"].sum(1)
+
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
         return collate_toy(samples)
 

@@ -146,6 +146,12 @@ class SpeechDomain(Domain):
     def batch_size_of(self, batch: Any) -> int:
         return batch["noisy_spec"].shape[0]
 
+    def input_sizes(self, batch: Any) -> Tensor:
+        return batch["frames"]
+
+    def durations(self, batch: Any) -> Tensor:
+        return batch["lengths"].double() / 16000
+
     def report_extras(self, samples: Sequence[Any]) -> dict[str, Any]:
         """The noisy input's scores on the evaluation split (the baseline to beat)."""
         rows = [score(item["clean"], item["noisy"], metrics=QUALITY_METRICS) for item in samples]

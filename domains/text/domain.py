@@ -134,6 +134,9 @@ class TextDomain(Domain):
     def batch_size_of(self, batch: Any) -> int:
         return batch["input_ids"].shape[0]
 
+    def input_sizes(self, batch: Any) -> Tensor:
+        return batch["attention_mask"].sum(1)
+
 
 def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification, str]:
     """Load a saved early-exit text model with its tokenizer; clear errors for bad folders."""
