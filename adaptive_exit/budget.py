@@ -21,13 +21,16 @@ gives the achieved cost and quality on a held-out part next to the target.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
+from . import io
 from .evaluation import LOWER_IS_BETTER, expand_family, score
 from .policies import Budget, ExitPolicy, build_policy
 from .staged import ExitResult
@@ -164,6 +167,11 @@ def calibrate(
     if budget.kind == "max":
         cap = Budget(max_fraction=budget.value)
         policies = [p | cap for p in policies] + [cap]
+    elif budget.kind == "mean" and budget.value < 1:
+        # Capped variants (and the cap alone: static truncation) always meet a mean budget,
+        # so a tight budget gets the best capped policy instead of no answer.
+        cap = Budget(max_fraction=budget.value)
+        policies = policies + [p | cap for p in policies] + [cap]
     if not policies:
         raise ValueError("calibration needs at least one candidate policy")
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
@@ -207,3 +215,75 @@ def split_trace(trace: Trace, heldout_fraction: float, seed: int = 0) -> tuple[T
     """A random split into (calibration, held-out) parts."""
     dev, held = split_indices(trace.num_samples, heldout_fraction, seed)
     return trace.subset(dev), trace.subset(held)
+
+
+BUDGET_TABLE_FILE = "budget_policies.json"
+
+
+class BudgetTable:
+    """Calibrated policies for several budgets, so a running model can move between
+    budgets without reloading or recalibrating (a device under load drops from 70%
+    to 40% of the full model).
+
+    ``policy_for(budget)``: the policy calibrated for exactly that budget; otherwise
+    the one calibrated for the tightest budget of the same kind that still fits
+    under it; otherwise, for fractions of the full model, the hard cap alone
+    (``budget:max_fraction=F``), which holds for every sample.
+    """
+
+    def __init__(self, entries: dict[str, str] | None = None):
+        self.entries: dict[BudgetSpec, str] = {}
+        for budget, policy in (entries or {}).items():
+            build_policy(policy)  # validate early
+            self.entries[BudgetSpec.parse(budget)] = policy
+
+    def add(self, budget: str | BudgetSpec, policy: str) -> None:
+        self.entries[BudgetSpec.parse(budget)] = build_policy(policy).spec()
+
+    def policy_for(self, budget: str | BudgetSpec) -> str:
+        budget = BudgetSpec.parse(budget)
+        if budget in self.entries:
+            return self.entries[budget]
+        fitting = [b for b in self.entries if b.kind == budget.kind and b.value <= budget.value]
+        if fitting:
+            return self.entries[max(fitting, key=lambda b: b.value)]
+        if budget.kind in ("mean", "max"):
+            return Budget(max_fraction=budget.value).spec()
+        known = ", ".join(str(b) for b in sorted(self.entries, key=str)) or "none"
+        raise ValueError(f"no calibrated policy fits budget {budget} (calibrated: {known}); run calibrate for it")
+
+    def to_dict(self) -> dict[str, str]:
+        return {str(b): p for b, p in sorted(self.entries.items(), key=lambda item: (item[0].kind, item[0].value))}
+
+    def save(self, model_dir: str | Path) -> Path:
+        path = Path(model_dir) / BUDGET_TABLE_FILE
+        io.write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "BudgetTable":
+        """The model folder's table (empty if it has none; a clear error if it is corrupt)."""
+        path = Path(model_dir) / BUDGET_TABLE_FILE
+        if not path.exists():
+            return cls()
+        try:
+            return cls(json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a valid budget table ({exc}); re-run calibrate") from exc
+
+
+def resolve_policy(model_dir: str | Path, default_policy: str, policy: str | None = None, budget: str | None = None) -> str:
+    """The policy a CLI should run: ``policy`` if given; for ``budget`` a bare fraction
+    (``0.5``) caps the default policy per sample, a budget spec (``mean:0.4``) picks from
+    the model's calibrated budget table; otherwise the model's default."""
+    if policy:
+        return policy
+    if budget is None:
+        return default_policy
+    try:
+        fraction = float(budget)
+    except ValueError:
+        return BudgetTable.load(model_dir).policy_for(budget)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--budget {budget}: a bare number is a fraction of the full model in (0, 1]")
+    return f"{default_policy} | budget:max_fraction={fraction}"

@@ -2,7 +2,8 @@
 
     adaptive-exit run RECIPE [key.path=value ...]        train, evaluate, sweep (and calibrate)
     adaptive-exit train|evaluate|sweep RECIPE [overrides]
-    adaptive-exit calibrate RECIPE [overrides] --budget mean:0.5
+    adaptive-exit calibrate RECIPE [overrides] --budget mean:0.5   (or --model RUN_DIR/model)
+    adaptive-exit budget-sweep SWEEP.yaml                 calibrate several recipes to several budgets
     adaptive-exit <domain command> ...                   e.g. predict, enhance (from installed domains)
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Sequence
 
 from .config import ConfigError, load_recipe
 
-CORE_COMMANDS = ("run", "train", "evaluate", "sweep", "calibrate")
+CORE_COMMANDS = ("run", "train", "evaluate", "sweep", "calibrate", "budget-sweep")
 
 
 def _recipe_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -41,6 +42,11 @@ def build_parser(extra: dict | None = None) -> argparse.ArgumentParser:
     cal.add_argument("--data", help="the split to calibrate on (default: calibrate.split of the recipe)")
     cal.add_argument("--budget", help="mean:0.5 (mean fraction of the full model), stages:3, max:0.6 (hard cap), "
                      "flops:2G, ms:15, p95:20ms, rtf:0.3")
+    cal.add_argument("--levels", default="", help="more budgets for the model's run-time budget table, comma-separated "
+                     "(e.g. mean:0.3,mean:0.7)")
+    bs = sub.add_parser("budget-sweep", help="calibrate several recipes' models to a list of budgets; compare with static truncation")
+    bs.add_argument("recipe", help="a budget-sweep file, e.g. recipes/cross_domain/budget_sweep.yaml")
+    bs.add_argument("overrides", nargs="*", help="key.path=value overrides")
     for name, loader in (extra or {}).items():
         loader()(sub)
     return parser
@@ -49,6 +55,11 @@ def build_parser(extra: dict | None = None) -> argparse.ArgumentParser:
 def _core(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline, summary_table
 
+    if args.command == "budget-sweep":
+        from .budget_sweep import format_budget_table, run_budget_sweep
+
+        print(format_budget_table(run_budget_sweep(args.recipe, args.overrides)))
+        return 0
     recipe_path, overrides = args.recipe, list(args.overrides)
     if args.command == "calibrate":
         recipe_path, overrides = _calibration_recipe(args)
@@ -62,7 +73,7 @@ def _core(args: argparse.Namespace) -> int:
             print(f"model saved to {pipeline.model_dir}")
         return 0
     if args.command == "calibrate":
-        result = pipeline.calibrate(args.budget)
+        result = pipeline.calibrate(args.budget, [b for b in args.levels.split(",") if b.strip()])
         if result is not None:
             print(json.dumps(result, indent=2))
         return 0

@@ -43,6 +43,7 @@ class CalibrateConfig:
     split: str = "dev"
     heldout_fraction: float = 0.5
     candidates: dict = field(default_factory=dict)
+    levels: list = field(default_factory=list)  # more budgets calibrated into the model's budget table (run-time switching)
 
 
 @dataclass

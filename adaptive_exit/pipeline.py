@@ -27,7 +27,7 @@ from torch import Tensor
 from . import io
 from .budget import BudgetSpec
 from .budget import calibrate as calibrate_trace
-from .budget import candidate_policies, split_indices
+from .budget import BudgetTable, Calibration, candidate_policies, split_indices
 from .costs import CostModel, sample_costs
 from .config import Recipe, from_dict, save_resolved
 from .distributed import current_shard
@@ -207,30 +207,46 @@ class Pipeline:
         costs, sizes, durations = self.cost_model(model, split)
         return sample_costs(unit, model, sizes, costs, durations)
 
-    def calibrate(self, budget: str | None = None) -> dict[str, Any] | None:
-        """Choose the best policy within the budget on the calibration split and
-        make it the model's default (the main process writes; others return None)."""
+    def calibrate(self, budget: str | None = None, levels: Sequence[str] = ()) -> dict[str, Any] | None:
+        """Choose the best policy within the budget on the calibration split and make it
+        the model's default; also calibrate ``levels`` (and ``calibrate.levels``) into the
+        model's budget table for switching at run time. The main process writes; other
+        ranks return None."""
         cal = self.recipe.calibrate
         budget = budget or cal.budget
         if not budget:
             raise ValueError("no budget given: set calibrate.budget in the recipe or pass --budget (e.g. mean:0.5)")
         budget = BudgetSpec.parse(budget)
+        levels = [BudgetSpec.parse(b) for b in [*cal.levels, *levels]]
         trace = self.load_trace(cal.split)
         if not self.shard.is_main:
             return None
+        results = {str(b): self.calibrate_on(trace, b) for b in [*levels, budget]}
+        main = results[str(budget)]
+        table = BudgetTable.load(self.model_dir)
+        for name, result in results.items():
+            table.add(name, result.policy)
+        table.save(self.model_dir)
+        self.domain.set_default_policy(self.model_dir, main.policy)
+        report = main.to_dict()
+        if levels:
+            report["levels"] = {name: r.to_dict() for name, r in results.items()}
+        io.write_json(self.run_dir / "calibration.json", report)
+        return report
+
+    def calibrate_on(self, trace: Trace, budget: BudgetSpec, split: str | None = None) -> Calibration:
+        """Calibrate one budget on the calibration half of ``trace``, report on the held-out half."""
+        cal = self.recipe.calibrate
         families = cal.candidates or self.recipe.eval.sweeps
         if not families:
             raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
         dev_index, held_index = split_indices(trace.num_samples, cal.heldout_fraction, seed=self.recipe.seed)
-        costs = self.cost_table(cal.split, budget.unit) if budget.needs_cost_model else None
-        result = calibrate_trace(
+        costs = self.cost_table(split or cal.split, budget.unit) if budget.needs_cost_model else None
+        return calibrate_trace(
             trace.subset(dev_index), candidate_policies(families), budget, self.recipe.eval.metrics[0],
             heldout=trace.subset(held_index),
             costs=None if costs is None else costs[dev_index], heldout_costs=None if costs is None else costs[held_index],
         )
-        self.domain.set_default_policy(self.model_dir, result.policy)
-        io.write_json(self.run_dir / "calibration.json", result.to_dict())
-        return result.to_dict()
 
     def run(self) -> dict[str, Any] | None:
         self.train()

@@ -29,15 +29,20 @@ class EarlyExitRunner:
     stages the batch ran.
 
     The policy can be swapped between batches (``runner.policy = "patience:3"``)
-    without touching the model.
+    without touching the model; with a table of calibrated budgets (``budgets=``,
+    see :class:`~adaptive_exit.budget.BudgetTable`) so can the budget
+    (``runner.budget = "mean:0.4"``).
     """
 
-    def __init__(self, model: StagedModel, policy: ExitPolicy | str | dict = "full", mode: str = "compact"):
+    def __init__(self, model: StagedModel, policy: ExitPolicy | str | dict = "full", mode: str = "compact",
+                 budgets: Any = None):
         if mode not in MODES:
             raise ValueError(f"unknown runner mode {mode!r}; expected one of {MODES}")
         self.model = model
         self.mode = mode
         self.policy = policy
+        self.budgets = budgets
+        self._budget = None
         self._costs = stage_costs(model)
         cumulative, total = [], 0.0
         for cost in self._costs:
@@ -52,6 +57,18 @@ class EarlyExitRunner:
     @policy.setter
     def policy(self, policy: ExitPolicy | str | dict) -> None:
         self._policy = build_policy(policy)
+
+    @property
+    def budget(self):
+        """The budget last set (None if the policy was given directly)."""
+        return self._budget
+
+    @budget.setter
+    def budget(self, budget) -> None:
+        if self.budgets is None:
+            raise ValueError("this runner has no budget table: pass budgets=BudgetTable.load(model_dir) or set .policy")
+        self.policy = self.budgets.policy_for(budget)
+        self._budget = budget
 
     @torch.no_grad()
     def __call__(self, batch: Any) -> ExitResult:

@@ -17,13 +17,15 @@ def register(subparsers) -> None:
     parser.add_argument("--output", required=True, help="folder for the enhanced WAVs")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--policy", help="exit policy, e.g. 'patience:1,threshold=0.02,distance=relative'")
-    group.add_argument("--budget", help="a hard cap as a fraction of the full model, e.g. 0.5 (adds budget:max_fraction=0.5)")
+    group.add_argument("--budget", help="a fraction caps every file (0.5 adds budget:max_fraction=0.5 to the default "
+                       "policy); a budget spec (mean:0.4) picks the model's calibrated policy for it")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Enhance each file; with several launched processes files are sharded by rank,
     each rank writes its own WAVs, and the main process prints all records in order."""
+    from adaptive_exit.budget import resolve_policy
     from adaptive_exit.distributed import map_ordered
     from adaptive_exit.runner import EarlyExitRunner
 
@@ -32,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from .stft import STFT
 
     model, default_policy = load_speech_model(args.model)
-    policy = args.policy or default_policy
-    if args.budget:
-        policy = f"{default_policy} | budget:max_fraction={float(args.budget)}"
+    policy = resolve_policy(args.model, default_policy, args.policy, args.budget)
     runner = EarlyExitRunner(model, policy)
     stft = STFT(compress=model.speech_config.compress)
     source = Path(args.input)

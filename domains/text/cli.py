@@ -14,7 +14,10 @@ def register(subparsers) -> None:
     parser.add_argument("--model", required=True, help="a saved model folder (RUN_DIR/model)")
     parser.add_argument("--input", default="-", help="a text file with one input per line ('-' for stdin); "
                         "a tab separates the two sentences of a pair")
-    parser.add_argument("--policy", default=None, help="exit policy (default: the model's saved policy)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--policy", default=None, help="exit policy (default: the model's saved policy)")
+    group.add_argument("--budget", default=None, help="a fraction caps every input (0.5); a budget spec (mean:0.4) "
+                       "picks the model's calibrated policy for it")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.set_defaults(func=run)
 
@@ -53,6 +56,7 @@ def _jobs(handle: TextIO, batch_size: int) -> Iterator[Job]:
 def run(args: argparse.Namespace) -> int:
     """Stream predictions; under torchrun/accelerate launch the batches are sharded
     across processes and the main process prints every line in input order."""
+    from adaptive_exit.budget import resolve_policy
     from adaptive_exit.distributed import map_ordered
     from adaptive_exit.runner import EarlyExitRunner
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, default_policy = load_text_model(args.model)
-    runner = EarlyExitRunner(model, args.policy or default_policy)
+    runner = EarlyExitRunner(model, resolve_policy(args.model, default_policy, args.policy, args.budget))
     collate = TextCollator(model.tokenizer, model.config.max_seq_length)
     labels = model.config.label_names
 

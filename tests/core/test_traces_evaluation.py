@@ -101,7 +101,9 @@ def test_calibration_meets_budget_and_prefers_quality():
     cands = [f"patience:{p}" for p in range(1, 6)] + [f"max_prob:{t}" for t in (0.4, 0.5, 0.6, 0.8)]
     result = calibrate(dev, cands, "mean:0.5", "accuracy", heldout=held)
     assert result.calibration["cost_fraction"] <= 0.5
-    feasible = [c for c in cands if replay(dev, c).cost_fraction <= 0.5]
+    # the search space: every candidate, each capped at the budget, and the cap alone
+    space = cands + [f"{c} | budget:max_fraction=0.5" for c in cands] + ["budget:max_fraction=0.5"]
+    feasible = [c for c in space if replay(dev, c).cost_fraction <= 0.5]
     best = max(feasible, key=lambda c: (dev.targets == replay(dev, c).output.argmax(-1)).double().mean())
     assert result.calibration["accuracy"] == pytest.approx(float((dev.targets == replay(dev, best).output.argmax(-1)).double().mean()))
     assert result.heldout["num_samples"] == 100
