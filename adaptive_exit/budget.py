@@ -167,11 +167,13 @@ def calibrate(
     if budget.kind == "max":
         cap = Budget(max_fraction=budget.value)
         policies = [p | cap for p in policies] + [cap]
-    elif budget.kind == "mean" and budget.value < 1:
-        # Capped variants (and the cap alone: static truncation) always meet a mean budget,
-        # so a tight budget gets the best capped policy instead of no answer.
-        cap = Budget(max_fraction=budget.value)
-        policies = policies + [p | cap for p in policies] + [cap]
+    elif not (budget.kind == "mean" and budget.value >= 1):
+        # Capped variants (and the caps alone: static truncation) widen the search so that a
+        # tight budget gets the best capped policy instead of no answer: for a mean fraction
+        # the cap at that fraction always fits; for other units every depth is offered.
+        caps = [Budget(max_fraction=budget.value)] if budget.kind == "mean" else \
+            [Budget(max_stages=k) for k in range(1, trace.num_stages)]
+        policies = policies + [p | cap for p in policies for cap in caps] + caps
     if not policies:
         raise ValueError("calibration needs at least one candidate policy")
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0

@@ -2,8 +2,10 @@
 
 Launches ``torchrun --nproc_per_node N`` on this script's worker mode for each N,
 splitting the machine's cores evenly between processes (threads = cores / N), and
-times ``Pipeline.record`` (every stage of every batch, gathered in order) on the
-main process after a barrier. Also checks that every N gives the identical trace.
+times ``Pipeline.record`` (every stage of every batch and the per-sample quality
+metrics, gathered in order) on the main process after a barrier. Reports whether
+every N gives the identical trace (bit-identical needs equal thread counts; the
+2-process test in tests/scaleout checks that) and the largest difference.
 
     python benchmarks/sharded_eval.py RECIPE [key=value ...] [--procs 1 2] [--cores 2]
 
@@ -84,19 +86,23 @@ def main() -> None:
     for row in rows:
         row["speedup_vs_first"] = row["samples_per_s"] / base
     first = traces[args.procs[0]]
+    # Bit-identical only at equal thread counts (tested in tests/scaleout); here the thread
+    # count changes with the process count, so float reductions may differ in the last bits.
     identical = all(torch.equal(first.outputs, t.outputs) for t in traces.values())
+    max_diff = max(float((first.outputs - t.outputs).abs().max()) for t in traces.values())
     print(f"{recipe.domain} ({recipe.eval.split}, batch {recipe.eval.batch_size}, {args.cores} cores)")
     print("| processes | threads each | seconds | samples/s | vs 1st |")
     print("|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['world']} | {row['threads']} | {row['seconds']:.2f} | {row['samples_per_s']:.1f} | {row['speedup_vs_first']:.2f}x |")
-    print(f"identical traces across process counts: {identical}")
+    print(f"identical traces across process counts: {identical} (max abs difference {max_diff:.2e})")
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"sharded_eval_{recipe.domain}.json"
     path.write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides, "domain": recipe.domain,
                                 "split": recipe.eval.split, "batch_size": recipe.eval.batch_size, "cores": args.cores,
                                 "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                                "rows": rows, "identical_traces": identical}, indent=2))
+                                "rows": rows, "identical_traces": identical,
+                                "max_abs_difference": max_diff}, indent=2))
     print(f"wrote {path}")
 
 
