@@ -40,6 +40,41 @@ def timed(runner: EarlyExitRunner, batches: list, repeats: int):
     return statistics.median(seconds), result
 
 
+@torch.no_grad()
+def decision_overhead(model, batches: list, policy: str, repeats: int) -> dict:
+    """Upper bound on the per-batch cost of early exit's bookkeeping at this batch size:
+    the policy's decisions after every layer, plus one row selection (compaction) per
+    layer boundary, against the full model's time for the same batch."""
+    from adaptive_exit.policies import build_policy
+    from adaptive_exit.staged import all_exit_outputs, stage_costs
+
+    batch = batches[0]
+    outputs = all_exit_outputs(model, batch)
+    costs = stage_costs(model)
+    policy = build_policy(policy)
+
+    def decide():
+        state = policy.init(outputs[0].shape[0], costs, outputs[0].device)
+        for k, out in enumerate(outputs):
+            policy.step(k, out, state)
+
+    state = model.run_stage(0, model.begin(batch))
+    keep = torch.arange(outputs[0].shape[0] // 2)
+    timings = {}
+    for name, fn in (("decide", decide), ("select", lambda: model.select(state, keep)),
+                     ("full", lambda: all_exit_outputs(model, batch))):
+        fn()
+        samples = []
+        for _ in range(max(5, repeats)):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        timings[name] = statistics.median(samples)
+    per_batch = timings["decide"] + (model.num_stages - 1) * timings["select"]
+    return {"decisions_s": timings["decide"], "select_s": timings["select"], "per_batch_s": per_batch,
+            "full_batch_s": timings["full"], "fraction_of_full": per_batch / timings["full"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/sst2-pabee", help="a text run folder with config.yaml and model/")
@@ -74,6 +109,7 @@ def main() -> None:
                     "exit_layers_equal": float((result.exit_stage == reference.exit_stage).double().mean()),
                     "labels_equal": float((result.output.argmax(-1) == ref_labels).double().mean()),
                 }
+    overhead = decision_overhead(model, list(pipeline.batches(model, split, 32)), args.policy, args.repeats)
     by = {(r["mode"], r["batch_size"]): r for r in rows}
     for bs in args.batch_sizes:
         comp = by[("pabee compaction", bs)]
@@ -87,13 +123,15 @@ def main() -> None:
     for r in rows:
         extra = [f"{r[k]:.2f}x" if k in r else "" for k in ("vs_batch_sync", "vs_one_at_a_time", "vs_full")]
         print(f"| {r['mode']} | {r['batch_size']} | {r['samples_per_s']:.1f} | {r['speedup_layers']:.2f}x | " + " | ".join(extra) + " |")
+    print(f"policy decisions + compaction at batch 32: {1000 * overhead['per_batch_s']:.2f} ms per batch = "
+          f"{100 * overhead['fraction_of_full']:.2f}% of the full model's {1000 * overhead['full_batch_s']:.1f} ms")
     worst = min(min(a.values()) for a in agree.values())
     print(f"agreement with one-at-a-time (exit layer and label), worst mode: {worst:.4f}")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "text_throughput.json"
     out.write_text(json.dumps({"run": args.run, "policy": args.policy, "split": split, "num_samples": num,
                                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-                               "torch": torch.__version__, "rows": rows, "agreement": agree}, indent=2))
+                               "torch": torch.__version__, "rows": rows, "agreement": agree, "overhead_batch32": overhead}, indent=2))
     print(f"wrote {out}")
 
 

@@ -189,3 +189,50 @@ def test_quickstart_recipe_smoke(tmp_path):
     assert results["extras"]["num_utterances"] == 4
     assert set(results["full_model"]) == {"pesq", "si_sdr", "stoi", "estoi"}
     assert results["timing"]["matches_trace_replay"] and results["timing"]["modes_agree"]
+
+
+def test_masked_mapping_bounds_the_mask_and_checks_the_output_form():
+    from adaptive_exit.speech.model import complex_mask
+
+    spec = torch.randn(2, 2, 161, 10)
+    huge = complex_mask(torch.full((2, 2, 161, 10), 1e4), spec)
+    magnitude = lambda s: torch.sqrt(s[:, 0] ** 2 + s[:, 1] ** 2)  # noqa: E731
+    assert bool((magnitude(huge) <= magnitude(spec) * (1 + 1e-5)).all())  # |mask| < 1: never amplifies
+    assert torch.allclose(complex_mask(torch.zeros_like(spec), spec), torch.zeros_like(spec))
+    with pytest.raises(ValueError, match="model.output"):
+        EnhancerConfig(output="ratio")
+    for output in ("masked-mapping", "mapping"):  # both forms keep padding out of the estimate
+        model = ProgressiveEnhancer(EnhancerConfig(num_stages=2, hidden=8, output=output))
+        batch = {"noisy_spec": torch.randn(2, 2, 161, 12), "frames": torch.tensor([12, 7])}
+        out = EarlyExitRunner(model, "full")(batch).output
+        assert out[1, ..., 7:].abs().max() == 0
+
+
+def test_noise_augmentation_is_reproducible_and_power_preserving(tmp_path):
+    from adaptive_exit.speech.data import tilt
+
+    x = np.random.default_rng(0).standard_normal(4000)
+    for c in (-0.9, 0.5):
+        assert np.mean(tilt(x, c) ** 2) == pytest.approx(np.mean(x**2))
+    bright = np.abs(np.fft.rfft(tilt(x, 0.9)))
+    assert bright[-500:].mean() > bright[:500].mean()  # c > 0 tilts energy to high frequencies
+    for name in ("c1.wav", "c2.wav", "c3.wav", "n.wav"):
+        sf.write(tmp_path / name, np.random.default_rng(len(name) + ord(name[1])).standard_normal(32000) * 0.1, 16000)
+    clean = [tmp_path / f"c{i}.wav" for i in (1, 2, 3)]
+    plain = MixtureDataset(clean, [tmp_path / "n.wav"], size=6, seed=1, seconds=1.0)
+    augmented = MixtureDataset(clean, [tmp_path / "n.wav"], size=6, seed=1, seconds=1.0, babble_prob=1.0, noise_eq=True)
+    again = MixtureDataset(clean, [tmp_path / "n.wav"], size=6, seed=1, seconds=1.0, babble_prob=1.0, noise_eq=True)
+    assert np.array_equal(augmented[3]["noisy"], again[3]["noisy"])
+    assert not np.array_equal(augmented[3]["noisy"], plain[3]["noisy"])
+    with pytest.raises(ValueError, match="babble_prob"):
+        MixtureDataset(clean, [tmp_path / "n.wav"], size=1, seed=1, babble_prob=2.0)
+
+
+def test_model_folders_saved_before_output_forms_load_as_mapping(tmp_path):
+    model = DOMAIN.build_model(SpeechModelConfig(num_stages=2, hidden=8, output="mapping"), None)
+    DOMAIN.save_model(model, tmp_path / "model", "full")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    del config["model"]["output"]
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    loaded, _ = DOMAIN.load_model(tmp_path / "model")
+    assert loaded.speech_config.output == "mapping"
