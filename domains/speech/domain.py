@@ -35,7 +35,7 @@ class SpeechModelConfig:
     dilations: list = field(default_factory=lambda: [1, 2, 4])
     shared: bool = True
     causal: bool = False
-    output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | mapping
+    output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | refine (on the previous estimate) | mapping
     compress: float = 0.5
     loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
     si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage

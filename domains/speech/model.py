@@ -6,11 +6,13 @@ memory across stages (stage-recurrent, as PL-CRN++ / DARCN). With
 ``shared=True`` every stage uses the same weights; otherwise each has its own.
 ``causal=True`` gives time convolutions no look-ahead (streaming).
 
-Two output forms (``output``): ``"mapping"`` adds a predicted complex residual to
+Three output forms (``output``): ``"mapping"`` adds a predicted complex residual to
 the previous estimate; ``"masked-mapping"`` (default) forms each stage's complex
 estimate as a bounded complex ratio mask on the noisy spectrum plus a complex
-residual. The mask part keeps a small model from inventing energy it cannot
-justify, which is what made plain mapping degrade on unseen noise types.
+residual; ``"refine"`` applies the bounded mask to the previous stage's estimate
+instead (plus a residual), so each stage edits the last one. The mask part keeps a
+small model from inventing energy it cannot justify, which is what made plain
+mapping degrade on unseen noise types.
 
 Padding never leaks: spectra are per-utterance, and every time-mixing layer's
 input is multiplied by the frame mask, so padded frames look exactly like the
@@ -36,14 +38,14 @@ class EnhancerConfig:
     dilations: tuple = (1, 2, 4)
     shared: bool = True
     causal: bool = False
-    output: str = "masked-mapping"  # masked-mapping | mapping
+    output: str = "masked-mapping"  # masked-mapping | mapping | refine
 
     def __post_init__(self):
         if self.output not in OUTPUT_FORMS:
             raise ValueError(f"model.output must be one of {OUTPUT_FORMS}, got {self.output!r}")
 
 
-OUTPUT_FORMS = ("masked-mapping", "mapping")
+OUTPUT_FORMS = ("masked-mapping", "mapping", "refine")
 
 
 class TimeConv(nn.Module):
@@ -84,7 +86,8 @@ class Stage(nn.Module):
         self.blocks = nn.ModuleList(TimeConv(d, cfg.time_kernel, dil, cfg.causal) for dil in cfg.dilations)
         self.norms = nn.ModuleList(FrameNorm(d) for _ in cfg.dilations)
         self.memory = nn.GRUCell(d, d)
-        self.masked = cfg.output == "masked-mapping"
+        self.output = cfg.output
+        self.masked = cfg.output in ("masked-mapping", "refine")
         self.out = nn.Conv1d(d, (4 if self.masked else 2) * f, 1)
 
     def forward(self, noisy: Tensor, previous: Tensor, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -97,7 +100,8 @@ class Stage(nn.Module):
         h = h.reshape(b, t, d).transpose(1, 2) * mask
         if self.masked:
             out = self.out(h).reshape(b, 4, f, t)
-            estimate = complex_mask(out[:, :2], noisy) + out[:, 2:]
+            base = noisy if self.output == "masked-mapping" else previous
+            estimate = complex_mask(out[:, :2], base) + out[:, 2:]
         else:
             estimate = previous + self.out(h).reshape(b, 2, f, t)
         return estimate * mask.unsqueeze(1), h

@@ -201,7 +201,7 @@ def test_masked_mapping_bounds_the_mask_and_checks_the_output_form():
     assert torch.allclose(complex_mask(torch.zeros_like(spec), spec), torch.zeros_like(spec))
     with pytest.raises(ValueError, match="model.output"):
         EnhancerConfig(output="ratio")
-    for output in ("masked-mapping", "mapping"):  # both forms keep padding out of the estimate
+    for output in ("masked-mapping", "mapping", "refine"):  # every form keep padding out of the estimate
         model = ProgressiveEnhancer(EnhancerConfig(num_stages=2, hidden=8, output=output))
         batch = {"noisy_spec": torch.randn(2, 2, 161, 12), "frames": torch.tensor([12, 7])}
         out = EarlyExitRunner(model, "full")(batch).output
