@@ -33,7 +33,7 @@ from adaptive_exit.traces import Trace, replay
 from .architectures import EncoderAdapter
 
 HEAD_STYLES = ("pabee", "deebert")
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "token-classification")  # token: see token_model.py
 POOLINGS = ("cls", "mean")  # mean: for sentence-transformers encoders (all-MiniLM), trained with mean pooling
 
 

@@ -1,0 +1,142 @@
+"""Token-level early exit (TOKEE, Li et al., ACL 2021) for BERT-family taggers.
+
+After layer k every still-active token gets an uncertainty u (normalised entropy of
+its layer-k tag distribution). A token halts when the largest uncertainty within a
+window of +-w tokens is below the threshold. A halted token is *halted and copied*:
+its hidden state is frozen and still serves as key/value for the tokens that go on,
+but its query, attention output and feed-forward are no longer computed. Each layer
+is run here with the layer's own weights on the active tokens only (packed per
+sentence), so compute really falls with the number of active tokens.
+
+Padding tokens are never active (they cost nothing and are masked out as keys) and
+have zero uncertainty, so they never keep a neighbour alive. With threshold 0 no
+token halts and the result equals the full model.
+
+Supported: BERT, RoBERTa, XLM-R and MiniLM layers (``attention.self.query/key/value``,
+``attention.output``, ``intermediate``, ``output``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class TokenExitResult:
+    """``logits`` (B, T, C) from each token's exit layer; ``exit_layer`` (B, T) 1..L
+    (0 for padding); ``flops`` spent on the batch and ``full_flops`` of the full model;
+    ``hidden`` the final states (a halted token's is its state at its exit layer)."""
+
+    logits: Tensor
+    exit_layer: Tensor
+    flops: float
+    full_flops: float
+    hidden: Tensor
+
+    @property
+    def flops_speedup(self) -> float:
+        return self.full_flops / self.flops
+
+
+def _check_layer(layer: nn.Module) -> None:
+    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+              "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+    for path in needed:
+        module = layer
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                raise ValueError(f"token-level exit supports BERT-family layers; {type(layer).__name__} has no {path}")
+
+
+def layer_flops(hidden: int, intermediate: int, real: int, active: int) -> float:
+    """FLOPs of one halted-and-copied layer: K/V for every real token, the rest for active ones."""
+    kv = 2 * 2 * real * hidden * hidden
+    q_out = 2 * 2 * active * hidden * hidden
+    attention = 2 * 2 * active * real * hidden
+    ffn = 2 * 2 * active * hidden * intermediate
+    return float(kv + q_out + attention + ffn)
+
+
+def _pack(active: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices (B, A) of each row's active tokens, in order, and their validity mask."""
+    counts = active.sum(1)
+    width = max(int(counts.max()), 1)
+    order = torch.sort((~active).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=active.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def halted_layer(layer: nn.Module, hidden: Tensor, key_mask: Tensor, active: Tensor) -> Tensor:
+    """One encoder layer computed for ``active`` tokens only; the others are copied."""
+    attn = layer.attention.self
+    b, t, h = hidden.shape
+    heads, size = attn.num_attention_heads, attn.attention_head_size
+    index, valid = _pack(active)
+    gathered = hidden.gather(1, index[..., None].expand(-1, -1, h))  # (B, A, H)
+    q = attn.query(gathered).view(b, -1, heads, size).transpose(1, 2)
+    k = attn.key(hidden).view(b, t, heads, size).transpose(1, 2)
+    v = attn.value(hidden).view(b, t, heads, size).transpose(1, 2)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], scale=attn.scaling)
+    context = context.transpose(1, 2).reshape(b, -1, h)
+    attended = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + gathered)
+    out = layer.output.LayerNorm(layer.output.dense(layer.intermediate(attended)) + attended)
+    updated = hidden.clone()
+    rows = torch.arange(b, device=hidden.device)[:, None].expand_as(index)
+    updated[rows[valid], index[valid]] = out[valid]
+    return updated
+
+
+def normalized_entropy(logits: Tensor) -> Tensor:
+    logp = torch.log_softmax(logits.double(), -1)
+    return (-(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])).float()
+
+
+@torch.no_grad()
+def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 1) -> TokenExitResult:
+    """TOKEE inference of an ``EarlyExitForTokenClassification`` model (eval mode)."""
+    if threshold < 0 or window < 0:
+        raise ValueError(f"threshold and window must be >= 0, got {threshold}, {window}")
+    adapter = model.adapter
+    mask2d = batch["attention_mask"].bool()
+    hidden = adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
+    b, t, h = hidden.shape
+    for k in range(model.num_stages):
+        _check_layer(adapter.layer(k))
+    intermediate = model.backbone.config.intermediate_size
+    real_counts = mask2d.sum(1)
+    active = mask2d.clone()
+    uncertainty = torch.zeros(b, t, device=hidden.device)
+    logits_out = torch.zeros(b, t, model.config.num_labels, device=hidden.device, dtype=hidden.dtype)
+    exit_layer = torch.zeros(b, t, dtype=torch.long, device=hidden.device)
+    flops = full = 0.0
+    last = model.num_stages - 1
+    for k in range(model.num_stages):
+        layer = adapter.layer(k)
+        for n, a in zip(real_counts.tolist(), active.sum(1).tolist()):
+            flops += layer_flops(h, intermediate, n, a) if a else 0.0  # a sentence with no active token is done
+            full += layer_flops(h, intermediate, n, n)
+        rows = active.any(1).nonzero().flatten()
+        hidden = hidden.clone()
+        hidden[rows] = halted_layer(layer, hidden[rows], mask2d[rows], active[rows])
+        logits = model.classifiers[k](hidden)
+        flops += 2.0 * float(active.sum()) * h * model.config.num_labels
+        full += 2.0 * float(mask2d.sum()) * h * model.config.num_labels
+        uncertainty = torch.where(active, normalized_entropy(logits), uncertainty)
+        neighbourhood = F.max_pool1d(uncertainty[:, None, :], 2 * window + 1, stride=1, padding=window)[:, 0]
+        done = active & (neighbourhood < threshold) if k < last else active
+        logits_out[done] = logits[done]
+        exit_layer[done] = k + 1
+        active = active & ~done
+        if not bool(active.any()):
+            break
+    for k in range(k + 1, model.num_stages):  # everyone halted early: the rest of the full model's cost
+        for n in real_counts.tolist():
+            full += layer_flops(h, intermediate, n, n)
+        full += 2.0 * float(mask2d.sum()) * h * model.config.num_labels
+    return TokenExitResult(logits_out, exit_layer, flops, full, hidden)
