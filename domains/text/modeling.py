@@ -117,24 +117,66 @@ class ExitPooler(nn.Module):
         return torch.tanh(self.dense(summary))
 
 
-class EarlyExitForSequenceClassification(PreTrainedModel):
-    """An encoder with an exit classifier (or regressor) after every layer."""
+class EncoderStages:
+    """StagedModel plumbing shared by the early-exit encoders: the embeddings start, each
+    layer is a stage of cost 1, and the inference policy (saved as the config's default).
+    Subclasses set ``adapter``, ``_policy`` and ``config`` and add exits and ``select``."""
 
     config_class = EarlyExitConfig
     base_model_prefix = "early_exit"
     _supports_sdpa = True
 
-    def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None):
-        super().__init__(config)
+    def _init_weights(self, module: nn.Module) -> None:
+        return  # exits are initialised in __init__ and the backbone is loaded: nothing to redo
+
+    @property
+    def policy(self):
+        return self._policy
+
+    def set_policy(self, policy: str | dict) -> None:
+        """Set the exit policy used at inference; it is saved as the config's default."""
+        self._policy = build_policy(policy)
+        self.config.default_policy = self._policy.spec()
+
+    def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        input_ids, mask2d = batch["input_ids"], batch["attention_mask"]
+        hidden = self.adapter.embed(input_ids, batch.get("token_type_ids"))
+        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
+
+    def run_stage(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
+        state["hidden"] = self.adapter.layer(k)(state["hidden"], state["mask"])
+        return state
+
+    def stage_cost(self, k: int) -> float:
+        return 1.0
+
+    def _attach_backbone(self, config: EarlyExitConfig, backbone: nn.Module | None) -> int:
+        """Take the given backbone (or build one from ``config.backbone``); return its hidden size."""
         if backbone is None:
             if not config.backbone:
                 raise ValueError("EarlyExitConfig.backbone is empty: build the model with from_backbone(name_or_path)")
-            backbone_config = AutoConfig.for_model(**config.backbone)
-            backbone = AutoModel.from_config(backbone_config)
+            backbone = AutoModel.from_config(AutoConfig.for_model(**config.backbone))
         self.backbone = backbone
         self.adapter = EncoderAdapter(backbone)
         self.num_stages = self.adapter.num_layers
-        hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
+        return backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
+
+    def _attach_exits(self, config: EarlyExitConfig, hidden: int) -> None:
+        """One linear exit per layer (small normal init), exit dropout, the default policy."""
+        self.dropout = nn.Dropout(config.exit_dropout)
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(self.num_stages))
+        for classifier in self.classifiers:
+            nn.init.normal_(classifier.weight, std=0.02)
+            nn.init.zeros_(classifier.bias)
+        self._policy = build_policy(config.default_policy)
+
+
+class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
+    """An encoder with an exit classifier (or regressor) after every layer."""
+
+    def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None):
+        super().__init__(config)
+        hidden = self._attach_backbone(config, backbone)
         dense = self.adapter.take_pooler()
         if config.head_style == "pabee":
             self.pooler = ExitPooler(hidden, dense, config.pooling)
@@ -143,12 +185,7 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
             self.pooler = None
             final = ExitPooler(hidden, dense, config.pooling)
             self.poolers = nn.ModuleList(copy.deepcopy(final) for _ in range(self.num_stages))
-        self.dropout = nn.Dropout(config.exit_dropout)
-        self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(self.num_stages))
-        for classifier in self.classifiers:
-            nn.init.normal_(classifier.weight, std=0.02)
-            nn.init.zeros_(classifier.bias)
-        self._policy = build_policy(config.default_policy)
+        self._attach_exits(config, hidden)
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -160,31 +197,7 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
         config = EarlyExitConfig(backbone=backbone.config.to_dict(), num_labels=num_labels, task=task, **kwargs)
         return cls(config, backbone=backbone)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # Weights are set in __init__ (exits) or loaded (backbone); nothing to redo.
-        return
-
-    # ------------------------------------------------------------------ policy
-
-    @property
-    def policy(self):
-        return self._policy
-
-    def set_policy(self, policy: str | dict) -> None:
-        """Set the exit policy used at inference; it is saved as the config's default."""
-        self._policy = build_policy(policy)
-        self.config.default_policy = self._policy.spec()
-
     # ------------------------------------------------------------------ StagedModel
-
-    def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        input_ids, mask2d = batch["input_ids"], batch["attention_mask"]
-        hidden = self.adapter.embed(input_ids, batch.get("token_type_ids"))
-        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
-
-    def run_stage(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
-        state["hidden"] = self.adapter.layer(k)(state["hidden"], state["mask"])
-        return state
 
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
         pooler = self.pooler if self.poolers is None else self.poolers[k]
@@ -201,9 +214,6 @@ class EarlyExitForSequenceClassification(PreTrainedModel):
             hidden, mask2d = hidden[:, :width], mask2d[:, :width]
         # Rebuild the mask for the kept rows: None when none of them is padded (sdpa's fast path).
         return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
-
-    def stage_cost(self, k: int) -> float:
-        return 1.0
 
     def exit_parameters(self):
         """The exit heads (poolers and classifiers): new weights, trained at ``train.head_lr``."""

@@ -17,46 +17,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 
 from adaptive_exit.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.staged import all_exit_outputs, select_rows
 
-from .architectures import EncoderAdapter
 from .conll import IGNORE
-from .modeling import EarlyExitConfig, EarlyExitOutput
+from .modeling import EarlyExitConfig, EarlyExitOutput, EncoderStages
 
 CERTAIN_LOGIT = 30.0  # softmax([30, 0, ...]) has normalised entropy < 1e-11
 
 
-class EarlyExitForTokenClassification(PreTrainedModel):
+class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
     """An encoder with a token-tagging exit after every layer (sentence-level exits)."""
-
-    config_class = EarlyExitConfig
-    base_model_prefix = "early_exit"
-    _supports_sdpa = True
 
     def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None):
         super().__init__(config)
         if config.task != "token-classification":
             raise ValueError(f"EarlyExitForTokenClassification needs task='token-classification', got {config.task!r}")
-        if backbone is None:
-            if not config.backbone:
-                raise ValueError("EarlyExitConfig.backbone is empty: build the model with from_backbone(name_or_path)")
-            backbone = AutoModel.from_config(AutoConfig.for_model(**config.backbone))
-        self.backbone = backbone
-        self.adapter = EncoderAdapter(backbone)
+        hidden = self._attach_backbone(config, backbone)
         self.adapter.take_pooler()  # sentence poolers are unused here
-        self.num_stages = self.adapter.num_layers
-        hidden = backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
-        self.dropout = nn.Dropout(config.exit_dropout)
-        self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(self.num_stages))
-        for classifier in self.classifiers:
-            nn.init.normal_(classifier.weight, std=0.02)
-            nn.init.zeros_(classifier.bias)
-        self._policy = build_policy(config.default_policy)
+        self._attach_exits(config, hidden)
         self.post_init()
 
     @classmethod
@@ -66,27 +49,7 @@ class EarlyExitForTokenClassification(PreTrainedModel):
                                  label_names=list(label_names), **kwargs)
         return cls(config, backbone=backbone)
 
-    def _init_weights(self, module: nn.Module) -> None:
-        return  # exits are set in __init__, the backbone is loaded
-
-    @property
-    def policy(self):
-        return self._policy
-
-    def set_policy(self, policy: str | dict) -> None:
-        self._policy = build_policy(policy)
-        self.config.default_policy = self._policy.spec()
-
     # ------------------------------------------------------------------ StagedModel
-
-    def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        input_ids, mask2d = batch["input_ids"], batch["attention_mask"]
-        hidden = self.adapter.embed(input_ids, batch.get("token_type_ids"))
-        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
-
-    def run_stage(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
-        state["hidden"] = self.adapter.layer(k)(state["hidden"], state["mask"])
-        return state
 
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
         logits = self.classifiers[k](self.dropout(state["hidden"]))
@@ -99,9 +62,6 @@ class EarlyExitForTokenClassification(PreTrainedModel):
         # a batch must have the same number of token positions.
         hidden, mask2d = select_rows(state["hidden"], keep), select_rows(state["mask2d"], keep)
         return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
-
-    def stage_cost(self, k: int) -> float:
-        return 1.0
 
     def exit_parameters(self):
         yield from self.classifiers.parameters()
