@@ -42,7 +42,6 @@ class EarlyExitRunner:
         self.mode = mode
         self.policy = policy
         self.budgets = budgets
-        self._budget = None
         self._costs = stage_costs(model)
         cumulative, total = [], 0.0
         for cost in self._costs:
@@ -57,6 +56,7 @@ class EarlyExitRunner:
     @policy.setter
     def policy(self, policy: ExitPolicy | str | dict) -> None:
         self._policy = build_policy(policy)
+        self._budget = None  # a policy set directly replaces any budget
 
     @property
     def budget(self):

@@ -48,6 +48,8 @@ def test_runner_switches_budget_between_batches_without_reloading():
     assert torch.equal(low.exit_stage, EarlyExitRunner(model, "patience:1")(batch).exit_stage)
     assert torch.equal(high.exit_stage, EarlyExitRunner(model, "patience:3")(batch).exit_stage)
     assert low.cost_fraction < high.cost_fraction
+    runner.policy = "patience:2"
+    assert runner.budget is None  # a policy set directly replaces the budget
     with pytest.raises(ValueError, match="no budget table"):
         EarlyExitRunner(model, "full").budget = "mean:0.5"
 
