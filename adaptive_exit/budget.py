@@ -228,16 +228,15 @@ class BudgetTable:
     to 40% of the full model).
 
     ``policy_for(budget)``: the policy calibrated for exactly that budget; otherwise
-    the one calibrated for the tightest budget of the same kind that still fits
-    under it; otherwise, for fractions of the full model, the hard cap alone
+    the one calibrated for the largest budget of the same kind that does not exceed
+    it; otherwise, for fractions of the full model, the hard cap alone
     (``budget:max_fraction=F``), which holds for every sample.
     """
 
     def __init__(self, entries: dict[str, str] | None = None):
         self.entries: dict[BudgetSpec, str] = {}
         for budget, policy in (entries or {}).items():
-            build_policy(policy)  # validate early
-            self.entries[BudgetSpec.parse(budget)] = policy
+            self.add(budget, policy)  # parses and validates both
 
     def add(self, budget: str | BudgetSpec, policy: str) -> None:
         self.entries[BudgetSpec.parse(budget)] = build_policy(policy).spec()

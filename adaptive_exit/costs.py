@@ -35,8 +35,14 @@ from .staged import StagedModel, stage_costs
 UNITS = ("stages", "fraction", "flops", "ms", "rtf")
 
 
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda":
+def _device(model: StagedModel) -> torch.device:
+    """Where the model's parameters live (CPU for a parameter-free model)."""
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -61,8 +67,7 @@ def count_stage_flops(model: StagedModel, batch: Any) -> list[float]:
 @torch.no_grad()
 def time_stages(model: StagedModel, batch: Any, repeats: int = 10, warmup: int = 2) -> list[float]:
     """Median milliseconds of each stage (with its exit head) on ``batch``."""
-    device = next(iter(getattr(model, "parameters", lambda: iter(()))()), None)
-    device = device.device if device is not None else None
+    device = _device(model)
     samples: list[list[float]] = [[] for _ in range(model.num_stages)]
     for r in range(warmup + repeats):
         _sync(device)
@@ -101,8 +106,7 @@ class CostModel:
                 self.cache = {}  # a corrupt cache is only a cache: profile again
 
     def _device_key(self) -> str:
-        param = next(iter(self.model.parameters()), None) if hasattr(self.model, "parameters") else None
-        device = param.device if param is not None else torch.device("cpu")
+        device = _device(self.model)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
         return f"{device.type}:{name}:threads={torch.get_num_threads()}"
 

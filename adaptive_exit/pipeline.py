@@ -52,6 +52,7 @@ class Pipeline:
         self.run_dir = Path(recipe.run_dir)
         self.model_dir = self.run_dir / "model"
         self.shard = current_shard()
+        self._cost_tables: dict[tuple[str, str], Tensor] = {}
         try:
             build_policy(recipe.eval.policy)
         except ValueError as exc:
@@ -199,7 +200,14 @@ class Pipeline:
         return costs, sizes, (None if durations[0] is None else durations)
 
     def cost_table(self, split: str, unit: str) -> Tensor:
-        """(N, L): each sample's cumulative cost after each stage in ``unit``."""
+        """(N, L): each sample's cumulative cost after each stage in ``unit`` (computed
+        once per split and unit: calibrating several budgets reuses it)."""
+        key = (split, unit)
+        if key not in self._cost_tables:
+            self._cost_tables[key] = self._compute_cost_table(split, unit)
+        return self._cost_tables[key]
+
+    def _compute_cost_table(self, split: str, unit: str) -> Tensor:
         model, _ = self.load_model()
         if unit in ("stages", "fraction"):
             num = len(self.domain.load_split(self.data_cfg, split, self.recipe.seed))

@@ -17,9 +17,8 @@ Supported: BERT, RoBERTa, XLM-R and MiniLM layers (``attention.self.query/key/va
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +121,6 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
             flops += layer_flops(h, intermediate, n, a) if a else 0.0  # a sentence with no active token is done
             full += layer_flops(h, intermediate, n, n)
         rows = active.any(1).nonzero().flatten()
-        hidden = hidden.clone()
         hidden[rows] = halted_layer(layer, hidden[rows], mask2d[rows], active[rows])
         logits = model.classifiers[k](hidden)
         flops += 2.0 * float(active.sum()) * h * model.config.num_labels

@@ -17,7 +17,7 @@ DEMO = Path(__file__).resolve().parents[2] / "recipes" / "core" / "toy" / "demo.
 def test_budget_table_picks_exact_then_tighter_then_hard_cap(tmp_path):
     table = BudgetTable({"mean:0.7": "patience:2", "mean:0.4": "patience:1", "p95:20ms": "entropy:0.3"})
     assert table.policy_for("mean:0.7") == "patience:2"
-    assert table.policy_for("mean:0.5") == "patience:1"  # the tightest calibrated budget that fits under 0.5
+    assert table.policy_for("mean:0.5") == "patience:1"  # the largest calibrated budget not above 0.5
     assert table.policy_for("mean:0.2") == "budget:max_fraction=0.2"  # nothing calibrated fits: per-sample hard cap
     assert table.policy_for("p95:25ms") == "entropy:0.3"
     with pytest.raises(ValueError, match="no calibrated policy fits budget p95:10ms"):
