@@ -74,7 +74,13 @@ class Domain:
         """(B,) seconds of audio per sample, for real-time-factor budgets (None: not audio)."""
         return None
 
-    def trace_pad_value(self) -> float:
+    def trace_pad_value(self, model: nn.Module | None = None) -> float | Tensor:
+        """Fills the outputs of shorter batches in a trace (sequence outputs differ in
+        length): a number, or a vector over the output's last dim."""
+        return 0.0
+
+    def target_pad_value(self) -> float:
+        """Fills the targets of shorter batches in a trace (e.g. an ignore index)."""
         return 0.0
 
     def batch_size_of(self, batch: Any) -> int:

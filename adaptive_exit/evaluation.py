@@ -68,6 +68,19 @@ METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
     "spearman": spearman,
 }
 LOWER_IS_BETTER = {"mse"}
+PerSampleFn = Callable[[Tensor, Tensor], Tensor]
+PER_SAMPLE: dict[str, PerSampleFn] = {}
+
+
+def register_metric(name: str, fn: Callable[[Tensor, Tensor], float], per_sample: PerSampleFn | None = None,
+                    lower_is_better: bool = False) -> None:
+    """Add a corpus metric ``fn(outputs, targets) -> float`` that recipes can name
+    (domains register theirs, e.g. entity F1). ``per_sample(outputs (N, L, ...),
+    targets) -> (N, L)``, higher is better, lets the oracle pick a stage per sample."""
+    METRICS[name] = fn
+    if per_sample is not None:
+        PER_SAMPLE[name] = per_sample
+    (LOWER_IS_BETTER.add if lower_is_better else LOWER_IS_BETTER.discard)(name)
 
 
 def score(trace: Trace, exit_stage: Tensor, metric: str) -> float:
@@ -94,6 +107,8 @@ def per_sample_quality(trace: Trace, metric: str) -> Tensor:
         return torch.nan_to_num(q, nan=-math.inf)
     if trace.targets is None:
         raise ValueError("the oracle needs targets or per-stage quality in the trace")
+    if metric in PER_SAMPLE:
+        return PER_SAMPLE[metric](trace.outputs, trace.targets).double()
     if metric == "accuracy":
         return (trace.outputs.argmax(-1) == trace.targets.unsqueeze(1)).reshape(trace.num_samples, trace.num_stages, -1).double().mean(-1)
     values = trace.outputs.reshape(trace.num_samples, trace.num_stages, -1)[..., 0].double()

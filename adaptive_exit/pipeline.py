@@ -106,7 +106,8 @@ class Pipeline:
         batches = self.batches(model, split, self.recipe.eval.batch_size)
         trace = record_trace(
             model, batches, targets=self.domain.targets,
-            quality=self.domain.quality, pad_value=self.domain.trace_pad_value(),
+            quality=self.domain.quality, pad_value=self.domain.trace_pad_value(model),
+            target_pad_value=self.domain.target_pad_value(),
             meta={"split": split, "domain": self.domain.name}, shard=self.shard,
         )
         if self.shard.is_main:

@@ -124,11 +124,21 @@ class EarlyExitRunner:
         return concat_results([self(batch) for batch in batches])
 
 
-def pad_cat(tensors: list[Tensor], value: float = 0.0) -> Tensor:
-    """Concatenate along dim 0, zero-padding trailing dims to the largest shape."""
+def pad_cat(tensors: list[Tensor], value: float | Tensor = 0.0) -> Tensor:
+    """Concatenate along dim 0, padding trailing dims to the largest shape.
+
+    ``value`` is a number, or a tensor broadcast over the padded positions (e.g. a
+    logit vector over the last dim, so that padded tokens read as certain)."""
     if not tensors:
         raise ValueError("nothing to concatenate")
     shape = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+    if isinstance(value, Tensor):
+        out = value.to(tensors[0].dtype).expand(sum(t.shape[0] for t in tensors), *shape).clone()
+        start = 0
+        for t in tensors:
+            out[(slice(start, start + t.shape[0]), *(slice(0, n) for n in t.shape[1:]))] = t
+            start += t.shape[0]
+        return out
     padded = []
     for t in tensors:
         pad: list[int] = []

@@ -110,7 +110,8 @@ def record_trace(
     batches: Iterable[Any],
     targets: Callable[[Any], Tensor] | None = None,
     quality: QualityFn | None = None,
-    pad_value: float = 0.0,
+    pad_value: float | Tensor = 0.0,
+    target_pad_value: float = 0.0,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     shard: Shard | None = None,
@@ -119,7 +120,8 @@ def record_trace(
 
     ``targets(batch)`` gives the batch's targets; ``quality(outputs, batch)`` gets
     the (B, L, ...) stage outputs and returns name -> (B, L) quality. Outputs of
-    different batches are padded with ``pad_value`` to a common shape.
+    different batches are padded with ``pad_value`` to a common shape (a tensor:
+    broadcast over the last dims, see ``pad_cat``), targets with ``target_pad_value``.
 
     Under a multi-process launch, ``batches`` must be a sequence: batch b is run by
     rank ``b % world`` and every rank returns the whole trace, identical to a
@@ -142,7 +144,7 @@ def record_trace(
     return Trace(
         outputs=pad_cat([p[0] for p in parts], value=pad_value),
         stage_costs=stage_costs(model),
-        targets=pad_cat(target_list) if target_list else None,
+        targets=pad_cat(target_list, value=target_pad_value) if target_list else None,
         quality={name: torch.cat([p[2][name] for p in parts]) for name in names},
         meta=dict(meta or {}),
     )

@@ -10,16 +10,31 @@ import torch
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("predict", help="classify or score text with a saved early-exit model")
+    parser = subparsers.add_parser("predict", help="classify, score or tag text with a saved early-exit model")
     parser.add_argument("--model", required=True, help="a saved model folder (RUN_DIR/model)")
     parser.add_argument("--input", default="-", help="a text file with one input per line ('-' for stdin); "
-                        "a tab separates the two sentences of a pair")
+                        "a tab separates the two sentences of a pair; taggers split a line into words at whitespace")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--policy", default=None, help="exit policy (default: the model's saved policy)")
     group.add_argument("--budget", default=None, help="a fraction caps every input (0.5); a budget spec (mean:0.4) "
                        "picks the model's calibrated policy for it")
+    parser.add_argument("--token-exit", default=None, metavar="THRESHOLD[:WINDOW]",
+                        help="taggers only: token-level exit (TOKEE) at this uncertainty threshold and window "
+                        "(default window 1) instead of the sentence-level policy")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.set_defaults(func=run)
+
+
+def parse_token_exit(text: str) -> tuple[float, int]:
+    """``"0.1"`` -> (0.1, 1); ``"0.1:2"`` -> (0.1, 2)."""
+    threshold, _, window = text.partition(":")
+    try:
+        parsed = float(threshold), int(window) if window else 1
+    except ValueError:
+        raise ValueError(f"--token-exit must be THRESHOLD[:WINDOW] (e.g. 0.1:1), got {text!r}") from None
+    if parsed[0] < 0 or parsed[1] < 0:
+        raise ValueError(f"--token-exit threshold and window must be >= 0, got {text!r}")
+    return parsed
 
 
 def _lines(handle: TextIO) -> Iterator[tuple[int, str]]:
@@ -67,12 +82,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, default_policy = load_text_model(args.model)
     runner = EarlyExitRunner(model, resolve_policy(args.model, default_policy, args.policy, args.budget))
+    tagger = model.config.task == "token-classification"
+    token_exit = parse_token_exit(args.token_exit) if args.token_exit else None
+    if token_exit and not tagger:
+        raise ValueError(f"--token-exit needs a token-classification model; {args.model} is a {model.config.task} model")
     collate = TextCollator(model.tokenizer, model.config.max_seq_length)
     labels = model.config.label_names
 
     def predict(job: Job) -> list[dict]:
         if isinstance(job, dict):
             return [job]
+        if tagger:
+            return tag(model, runner, token_exit, job)
         batch = collate([example for _, example in job])
         with torch.no_grad():
             result = runner(batch)
@@ -92,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         return records
 
     handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
+    if tagger:  # words, not sentence pairs: a tab is whitespace
+        handle = (line.replace("\t", " ") for line in handle)
     try:
         for records in map_ordered(_jobs(handle, args.batch_size), predict):
             for record in records:
@@ -100,3 +123,31 @@ def run(args: argparse.Namespace) -> int:
         if handle is not sys.stdin:
             handle.close()
     return 0
+
+
+def tag(model, runner, token_exit: tuple[float, int] | None, job: list) -> list[dict]:
+    """Word tags for a batch of lines with a token-classification model: the whole
+    sentence exits under the runner's policy, or each token on its own (TOKEE)."""
+    from .conll import TokenCollator, tags_from_logits
+    from .tokee import token_exit as run_token_exit
+
+    names = model.config.label_names
+    sentences = [{"words": example["text"].split()} for _, example in job]
+    batch = TokenCollator(model.tokenizer, names, model.config.max_seq_length)(sentences)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        if token_exit is None:
+            result = runner(inputs)
+            logits, layers = result.output, (result.exit_stage + 1)[:, None].expand_as(batch["word_index"])
+        else:
+            result = run_token_exit(model, inputs, *token_exit)
+            logits, layers = result.logits, result.exit_layer
+    tags = tags_from_logits(logits, batch["word_index"], batch["num_words"], names)
+    records = []
+    for i, ((number, _), sentence) in enumerate(zip(job, sentences)):
+        exit_layers = [0] * len(sentence["words"])  # 0: cut off by max_seq_length, tagged O
+        for position in (batch["word_index"][i] >= 0).nonzero().flatten().tolist():
+            exit_layers[int(batch["word_index"][i, position])] = int(layers[i, position])
+        records.append({"line": number, "words": sentence["words"], "tags": tags[i], "exit_layers": exit_layers,
+                        "num_layers": model.num_stages})
+    return records

@@ -69,7 +69,10 @@ def read_conll(path: str | os.PathLike, tags: Sequence[str] | None = CONLL2003_T
 class TokenCollator:
     """Tokenise pre-split words (fast tokenizers only), truncate, align tags to first
     sub-tokens and pad dynamically. Keeps ``word_index`` (B, T): the word each label
-    position belongs to, -1 elsewhere, to map predictions back to words."""
+    position belongs to, -1 elsewhere, to map predictions back to words; and
+    ``first_piece`` (B, T): for every word piece the position of its word's first
+    piece, -1 for special tokens and padding (token-level exits let a word's pieces
+    share its uncertainty)."""
 
     def __init__(self, tokenizer, tags: Sequence[str], max_length: int = 128):
         if not getattr(tokenizer, "is_fast", False):
@@ -87,17 +90,21 @@ class TokenCollator:
                                  max_length=self.max_length, padding=True, return_tensors="pt")
         labels = torch.full(encoded["input_ids"].shape, IGNORE, dtype=torch.long)
         word_index = torch.full(encoded["input_ids"].shape, -1, dtype=torch.long)
+        first_piece = torch.full(encoded["input_ids"].shape, -1, dtype=torch.long)
         for i, sentence in enumerate(sentences):
-            previous = None
+            previous, start = None, -1
             for position, word in enumerate(encoded.word_ids(i)):
                 if word is not None and word != previous:
+                    start = position
                     word_index[i, position] = word
                     tag = sentence.get("tags")
                     if tag is not None:
                         labels[i, position] = self.tag_to_id[tag[word]]
+                if word is not None:
+                    first_piece[i, position] = start
                 previous = word
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                 "labels": labels, "word_index": word_index,
+                 "labels": labels, "word_index": word_index, "first_piece": first_piece,
                  "num_words": torch.tensor([len(s["words"]) for s in sentences])}
         if "token_type_ids" in encoded:
             batch["token_type_ids"] = encoded["token_type_ids"]

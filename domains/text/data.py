@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from .conll import CONLL2003_TAGS
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -19,7 +21,7 @@ class TaskSpec:
     text: str
     pair: str | None
     label: str
-    kind: str  # "classification" or "regression"
+    kind: str  # "classification", "regression" or "token-classification" (CoNLL files)
     labels: tuple[str, ...] = ()  # allowed label strings (classification)
     value_range: tuple[float, float] | None = None  # regression targets
     hf_name: tuple[str, str] | None = None  # (path, config) in HF datasets
@@ -27,12 +29,13 @@ class TaskSpec:
 
     @property
     def num_labels(self) -> int:
-        return len(self.labels) if self.kind == "classification" else 1
+        return 1 if self.kind == "regression" else len(self.labels)
 
 
 TASKS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sentence", None, "label", "classification", labels=("0", "1"), hf_name=("glue", "sst2"), folder="glue_sst2"),
     "stsb": TaskSpec("sentence1", "sentence2", "score", "regression", value_range=(0.0, 5.0), hf_name=("glue", "stsb"), folder="glue_stsb"),
+    "conll2003": TaskSpec("words", None, "tags", "token-classification", labels=CONLL2003_TAGS, folder="conll2003_en"),
 }
 
 
@@ -100,7 +103,8 @@ def load_hf_split(task: TaskSpec, split: str) -> list[dict[str, Any]]:
     except ImportError as exc:
         raise ValueError("loading by dataset name needs `pip install datasets`") from exc
     if task.hf_name is None:
-        raise ValueError("this task has no Hugging Face dataset name")
+        raise ValueError(f"this task ({task.kind}, folder {task.folder}) has no Hugging Face dataset name; "
+                         "set data.hf_dataset: false and point data.data_dir at its files")
     hf_split = {"dev": "validation"}.get(split, split)
     rows = datasets.load_dataset(*task.hf_name, split=hf_split)
     out = []

@@ -13,8 +13,11 @@ from torch import Tensor, nn
 
 from adaptive_exit.domain import Domain
 
+from .conll import IGNORE, TokenCollator, read_conll
 from .data import TextCollator, get_task, load_hf_split, read_glue_tsv
 from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification
+from .token_metrics import register_conll_metrics
+from .token_model import EarlyExitForTokenClassification, certain_logits
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +54,8 @@ class TextModelConfig:
 
 @dataclass
 class TextDataConfig:
-    task: str = "sst2"
-    data_dir: str | None = None  # folder with train.tsv/dev.tsv; default $ADAPTIVE_EXIT_DATA/<task folder>
+    task: str = "sst2"  # sst2, stsb (GLUE TSV) or conll2003 (CoNLL files, token classification)
+    data_dir: str | None = None  # folder with train.tsv/dev.tsv (CoNLL: train/valid/test.txt); default $ADAPTIVE_EXIT_DATA/<task folder>
     hf_dataset: bool = False  # load by Hugging Face datasets name instead (online)
     train_subset: int | None = None  # random subset of the training set (None: all)
     dev_subset: int | None = None
@@ -73,10 +76,16 @@ class TextDomain(Domain):
 
         task = get_task(data_cfg.task)
         path = resolve_model_path(model_cfg.name_or_path)
-        model = EarlyExitForSequenceClassification.from_backbone(
-            path, num_labels=task.num_labels, task=task.kind, head_style=model_cfg.head_style,
-            exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
-        )
+        if task.kind == "token-classification":
+            model = EarlyExitForTokenClassification.from_backbone(
+                path, label_names=list(task.labels), exit_dropout=model_cfg.exit_dropout,
+                max_seq_length=model_cfg.max_seq_length,
+            )
+        else:
+            model = EarlyExitForSequenceClassification.from_backbone(
+                path, num_labels=task.num_labels, task=task.kind, head_style=model_cfg.head_style,
+                exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
+            )
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model
 
@@ -103,10 +112,12 @@ class TextDomain(Domain):
         key = (data_cfg.task, data_cfg.data_dir, data_cfg.hf_dataset, split)
         if key not in self._split_cache:
             task = get_task(data_cfg.task)
+            folder = Path(data_cfg.data_dir) if data_cfg.data_dir else Path(default_data_dir()) / task.folder
             if data_cfg.hf_dataset:
                 examples = load_hf_split(task, split)
+            elif task.kind == "token-classification":
+                examples = read_conll(conll_file(folder, split), task.labels)
             else:
-                folder = Path(data_cfg.data_dir) if data_cfg.data_dir else Path(default_data_dir()) / task.folder
                 examples = read_glue_tsv(folder / f"{split}.tsv", task)
             self._split_cache[key] = examples
         examples = self._split_cache[key]
@@ -118,12 +129,16 @@ class TextDomain(Domain):
         return examples
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
+        if model.config.task == "token-classification":
+            return TokenCollator(model.tokenizer, model.config.label_names, model.config.max_seq_length)(samples)
         return TextCollator(model.tokenizer, model.config.max_seq_length, model.config.task == "regression")(samples)
 
     # -- training / evaluation
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
         import torch.nn.functional as F
 
+        if output.dim() == 3:  # (B, T, C) token tags
+            return EarlyExitForTokenClassification.task_loss(output, batch["labels"])
         if output.shape[-1] == 1:
             return F.mse_loss(output.squeeze(-1), batch["labels"].to(output.dtype))
         return F.cross_entropy(output, batch["labels"])
@@ -137,20 +152,43 @@ class TextDomain(Domain):
     def input_sizes(self, batch: Any) -> Tensor:
         return batch["attention_mask"].sum(1)
 
+    def trace_pad_value(self, model: nn.Module | None = None) -> float | Tensor:
+        """Token tags of shorter batches are padded as certain, constant positions, so
+        replayed sentence-level policies see them as the runner sees its padding."""
+        if model is not None and model.config.task == "token-classification":
+            return certain_logits(model.config.num_labels, torch.zeros(()))
+        return 0.0
 
-def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification, str]:
-    """Load a saved early-exit text model with its tokenizer; clear errors for bad folders."""
+    def target_pad_value(self) -> float:
+        return IGNORE
+
+
+def conll_file(folder: Path, split: str) -> Path:
+    """``folder/<split>.txt``; the split ``dev`` is CoNLL's ``valid.txt`` when no dev.txt exists."""
+    path = folder / f"{split}.txt"
+    if split == "dev" and not path.exists() and (folder / "valid.txt").exists():
+        return folder / "valid.txt"
+    return path
+
+
+def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification | EarlyExitForTokenClassification, str]:
+    """Load a saved early-exit text model (sequence or token classification) with its
+    tokenizer; clear errors for bad folders."""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model file missing: {path / 'config.json'} (is {path} a saved adaptive-exit text model?)")
     try:
-        model = EarlyExitForSequenceClassification.from_pretrained(path)
+        config = EarlyExitConfig.from_pretrained(path)
+        model_class = (EarlyExitForTokenClassification if config.task == "token-classification"
+                       else EarlyExitForSequenceClassification)
+        model = model_class.from_pretrained(path)
         model.tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, RuntimeError, KeyError) as exc:
         raise ValueError(f"cannot load text model from {path}: {exc}") from exc
     return model.eval(), model.config.default_policy
 
 
+register_conll_metrics()
 DOMAIN = TextDomain()

@@ -9,8 +9,10 @@ is run here with the layer's own weights on the active tokens only (packed per
 sentence), so compute really falls with the number of active tokens.
 
 Padding tokens are never active (they cost nothing and are masked out as keys) and
-have zero uncertainty, so they never keep a neighbour alive. With threshold 0 no
-token halts and the result equals the full model.
+have zero uncertainty, so they never keep a neighbour alive. Given the collator's
+``first_piece``, a word's continuation pieces share its first piece's uncertainty
+and special tokens count as certain. With threshold 0 no token halts and the
+result equals the full model.
 
 Supported: BERT, RoBERTa, XLM-R and MiniLM layers (``attention.self.query/key/value``,
 ``attention.output``, ``intermediate``, ``output``).
@@ -96,9 +98,23 @@ def normalized_entropy(logits: Tensor) -> Tensor:
     return (-(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])).float()
 
 
+def _shared_uncertainty(own: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """The uncertainty each token's halting looks at: a word's pieces share the
+    uncertainty of its first piece (only first pieces are scored; the heads are not
+    trained elsewhere); special tokens and padding count as certain. Without word
+    information (raw input ids) every real token uses its own."""
+    if "first_piece" in batch:
+        first = batch["first_piece"].to(own.device)
+        return torch.where(first >= 0, own.gather(1, first.clamp_min(0)), torch.zeros_like(own))
+    return torch.where(batch["attention_mask"].bool().to(own.device), own, torch.zeros_like(own))
+
+
 @torch.no_grad()
 def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 1) -> TokenExitResult:
-    """TOKEE inference of an ``EarlyExitForTokenClassification`` model (eval mode)."""
+    """TOKEE inference of an ``EarlyExitForTokenClassification`` model (eval mode).
+
+    The exit heads run on active tokens only; halted tokens keep the logits of
+    their exit layer."""
     if threshold < 0 or window < 0:
         raise ValueError(f"threshold and window must be >= 0, got {threshold}, {window}")
     adapter = model.adapter
@@ -108,10 +124,11 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
     for k in range(model.num_stages):
         _check_layer(adapter.layer(k))
     intermediate = model.backbone.config.intermediate_size
+    num_labels = model.config.num_labels
     real_counts = mask2d.sum(1)
     active = mask2d.clone()
-    uncertainty = torch.zeros(b, t, device=hidden.device)
-    logits_out = torch.zeros(b, t, model.config.num_labels, device=hidden.device, dtype=hidden.dtype)
+    own = torch.zeros(b, t, device=hidden.device)
+    logits_out = torch.zeros(b, t, num_labels, device=hidden.device, dtype=hidden.dtype)
     exit_layer = torch.zeros(b, t, dtype=torch.long, device=hidden.device)
     flops = full = 0.0
     last = model.num_stages - 1
@@ -122,13 +139,16 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
             full += layer_flops(h, intermediate, n, n)
         rows = active.any(1).nonzero().flatten()
         hidden[rows] = halted_layer(layer, hidden[rows], mask2d[rows], active[rows])
-        logits = model.classifiers[k](hidden)
-        flops += 2.0 * float(active.sum()) * h * model.config.num_labels
-        full += 2.0 * float(mask2d.sum()) * h * model.config.num_labels
-        uncertainty = torch.where(active, normalized_entropy(logits), uncertainty)
-        neighbourhood = F.max_pool1d(uncertainty[:, None, :], 2 * window + 1, stride=1, padding=window)[:, 0]
+        where = active.nonzero(as_tuple=True)
+        logits = model.classifiers[k](hidden[where])  # (active tokens, C)
+        flops += 2.0 * logits.shape[0] * h * num_labels
+        full += 2.0 * float(mask2d.sum()) * h * num_labels
+        own[where] = normalized_entropy(logits)
+        neighbourhood = F.max_pool1d(_shared_uncertainty(own, batch)[:, None, :], 2 * window + 1, stride=1,
+                                     padding=window)[:, 0]
         done = active & (neighbourhood < threshold) if k < last else active
-        logits_out[done] = logits[done]
+        halting = done[where]
+        logits_out[where[0][halting], where[1][halting]] = logits[halting]
         exit_layer[done] = k + 1
         active = active & ~done
         if not bool(active.any()):
@@ -136,5 +156,5 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
     for k in range(k + 1, model.num_stages):  # everyone halted early: the rest of the full model's cost
         for n in real_counts.tolist():
             full += layer_flops(h, intermediate, n, n)
-        full += 2.0 * float(mask2d.sum()) * h * model.config.num_labels
+        full += 2.0 * float(mask2d.sum()) * h * num_labels
     return TokenExitResult(logits_out, exit_layer, flops, full, hidden)

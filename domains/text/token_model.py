@@ -6,9 +6,11 @@ policies give the sentence-level exits of Li et al. (ACL 2021, SENTEE):
 ``normalized_entropy:T`` stops a sentence when its least certain token is certain
 enough, ``patience:P`` when the whole tag sequence is unchanged for P layers.
 
-Padding never keeps a sentence alive: ``exit_output`` gives padded positions a
-one-hot (fully certain, constant) distribution, so they neither raise a sentence's
-maximum uncertainty nor change between layers.
+Padding never keeps a sentence alive: ``exit_output`` gives every position that
+is not scored (padding, and when the batch says which tokens carry labels, special
+tokens and continuation word pieces, whose heads are never trained) a one-hot
+(fully certain, constant) distribution, so they neither raise a sentence's maximum
+uncertainty nor change between layers.
 """
 from __future__ import annotations
 
@@ -28,6 +30,22 @@ from .conll import IGNORE
 from .modeling import EarlyExitConfig, EarlyExitOutput, EncoderStages
 
 CERTAIN_LOGIT = 30.0  # softmax([30, 0, ...]) has normalised entropy < 1e-11
+
+
+def scored_positions(batch: dict[str, Tensor]) -> Tensor:
+    """(B, T) bool: the tokens whose tags count — first sub-tokens when the batch has
+    ``word_index`` (from ``TokenCollator``), else every real token."""
+    if "word_index" in batch:
+        return batch["word_index"] >= 0
+    return batch["attention_mask"].bool()
+
+
+def certain_logits(num_labels: int, like: Tensor) -> Tensor:
+    """A (num_labels,) logit vector whose softmax is one-hot on tag 0 (normalised
+    entropy < 1e-11): what unscored positions output."""
+    certain = torch.zeros(num_labels, dtype=like.dtype, device=like.device)
+    certain[0] = CERTAIN_LOGIT
+    return certain
 
 
 class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
@@ -51,17 +69,21 @@ class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
 
     # ------------------------------------------------------------------ StagedModel
 
+    def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        state = super().begin(batch)
+        state["scored"] = scored_positions(batch)
+        return state
+
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
         logits = self.classifiers[k](self.dropout(state["hidden"]))
-        certain = torch.zeros_like(logits)
-        certain[..., 0] = CERTAIN_LOGIT
-        return torch.where(state["mask2d"].bool().unsqueeze(-1), logits, certain)
+        return torch.where(state["scored"].unsqueeze(-1), logits, certain_logits(logits.shape[-1], logits))
 
     def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
         # Unlike sentence classification, padding columns are kept: every exit output of
         # a batch must have the same number of token positions.
         hidden, mask2d = select_rows(state["hidden"], keep), select_rows(state["mask2d"], keep)
-        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
+        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d),
+                "scored": select_rows(state["scored"], keep)}
 
     def exit_parameters(self):
         yield from self.classifiers.parameters()
@@ -78,14 +100,18 @@ class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                labels: Tensor | None = None, policy: str | dict | None = None, **unused) -> EarlyExitOutput:
+                labels: Tensor | None = None, policy: str | dict | None = None, word_index: Tensor | None = None,
+                **unused) -> EarlyExitOutput:
         """Training mode: every exit, joint weighted loss. Eval mode: sentence-level early
-        exit under the policy (compaction); ``exit_layer`` per sentence."""
+        exit under the policy (compaction); ``exit_layer`` per sentence. ``word_index``
+        (from ``TokenCollator``) marks the scored first sub-tokens."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             batch["token_type_ids"] = token_type_ids
+        if word_index is not None:
+            batch["word_index"] = word_index
         if self.training:
             outputs = all_exit_outputs(self, batch)
             loss = None

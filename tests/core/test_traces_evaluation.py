@@ -130,3 +130,30 @@ def test_infeasible_budget_is_explained():
     trace = labelled_trace([[0, 0, 0]], targets=[0])
     with pytest.raises(ValueError, match="no candidate policy meets budget"):
         calibrate(trace, ["full"], "mean:0.2", "accuracy")
+
+
+def test_pad_cat_fills_with_a_vector_over_the_last_dim():
+    from adaptive_exit.runner import pad_cat
+
+    a, b = torch.ones(2, 3, 4), torch.full((1, 5, 4), 2.0)
+    fill = torch.tensor([9.0, 0.0, 0.0, 0.0])
+    out = pad_cat([a, b], value=fill)
+    assert out.shape == (3, 5, 4)
+    assert torch.equal(out[:2, :3], a) and torch.equal(out[2:], b)
+    assert torch.equal(out[:2, 3:], fill.expand(2, 2, 4))
+    assert torch.equal(pad_cat([torch.zeros(1, 2), torch.zeros(1, 3)], value=-100.0)[0], torch.tensor([0.0, 0.0, -100.0]))
+
+
+def test_registered_metric_scores_rows_and_drives_the_oracle():
+    from adaptive_exit.evaluation import METRICS, PER_SAMPLE, register_metric, score
+
+    # stage 0 right for sample 0, stage 1 right for sample 1; the metric counts exact matches
+    trace = labelled_trace([[1, 0], [0, 1]], [1, 1])
+    register_metric("hits", lambda o, t: float((o.argmax(-1) == t).sum()),
+                    per_sample=lambda o, t: (o.argmax(-1) == t.unsqueeze(1)).double())
+    try:
+        assert score(trace, torch.tensor([0, 1]), "hits") == 2.0
+        assert oracle_exit_stage(trace, "hits").tolist() == [0, 1]
+        assert build_report(trace, {}, ["hits"])["full_model"]["hits"] == 1.0
+    finally:
+        METRICS.pop("hits"), PER_SAMPLE.pop("hits")

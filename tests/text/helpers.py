@@ -37,7 +37,7 @@ def tiny_tokenizer(tmp_path: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     path = tmp_path / "vocab.txt"
     path.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(path))
+    return BertTokenizerFast(vocab=str(path))  # transformers 5: `vocab` (vocab_file is ignored)
 
 
 def random_batch(batch: int, max_len: int, seed: int, pad_id: int = 0, vocab: int = 64):
