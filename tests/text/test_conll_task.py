@@ -86,12 +86,16 @@ def test_recipe_trains_and_reports_entity_f1_per_exit(conll_run):
     assert isinstance(model, EarlyExitForTokenClassification)
 
 
-def test_trace_padding_is_certain_and_scores_equal_seqeval(conll_run):
+def _recorded(conll_run):
+    """The run's pipeline, model, dev trace and dev batches of 4 (as recorded)."""
     recipe, _ = load_recipe(conll_run / "run" / "config.yaml", [f"run_dir={conll_run / 'run'}"])
     pipeline = Pipeline(recipe)
     model, _ = pipeline.load_model()
-    trace = pipeline.load_trace("dev")
-    batches = list(pipeline.batches(model, "dev", 4))
+    return pipeline, model, pipeline.load_trace("dev"), list(pipeline.batches(model, "dev", 4))
+
+
+def test_trace_padding_is_certain_and_scores_equal_seqeval(conll_run):
+    pipeline, model, trace, batches = _recorded(conll_run)
     assert len({b["input_ids"].shape[1] for b in batches}) > 1
     width = trace.outputs.shape[2]
     first = batches[0]
@@ -136,11 +140,7 @@ def test_word_pieces_share_their_words_exit_and_special_tokens_never_hold_anyone
 
 
 def test_sentence_and_token_rows_share_one_flops_account(conll_run):
-    recipe, _ = load_recipe(conll_run / "run" / "config.yaml", [f"run_dir={conll_run / 'run'}"])
-    pipeline = Pipeline(recipe)
-    model, _ = pipeline.load_model()
-    trace = pipeline.load_trace("dev")
-    batches = list(pipeline.batches(model, "dev", 4))
+    pipeline, model, trace, batches = _recorded(conll_run)
     sizes = torch.cat([b["attention_mask"].sum(1) for b in batches])
     rows = sentence_level_rows(model, trace, sizes, {"normalized_entropy": [0.3]})
     full = rows[0]
