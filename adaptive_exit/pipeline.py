@@ -33,12 +33,14 @@ from .config import Recipe, from_dict, save_resolved
 from .distributed import current_shard
 from .domain import Domain, get_domain
 from .policies import build_policy
-from .evaluation import build_report, format_table, rows_from_report, write_report
+from .evaluation import LOWER_IS_BETTER, build_report, format_table, rows_from_report, score, write_report
 from .runner import EarlyExitRunner, concat_results
 from .traces import Trace, record_trace, replay
 from .training import Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
+
+BEST_FILE = "best.json"  # train.keep_best: the best validation score so far
 
 
 class Pipeline:
@@ -89,14 +91,61 @@ class Pipeline:
             self.domain.objective(self.recipe.train, model),
             self.recipe.train,
             self.run_dir,
+            eval_fn=self._validation(model),
         )
+        fresh = not (self.recipe.train.resume and trainer.checkpoint_path.exists())
+        if fresh and self.shard.is_main:  # a best score from an earlier run in this folder must not block saving
+            (self.run_dir / BEST_FILE).unlink(missing_ok=True)
+        self.shard.barrier()
         model = trainer.train()
-        policy = self.recipe.eval.policy
+        if self.recipe.train.keep_best:
+            self.shard.barrier()
+            model, _ = self.load_model()
+            logger.info("kept the best validated model: %s", (self.run_dir / BEST_FILE).read_text().strip())
+            return model
         if self.shard.is_main:
-            self.domain.save_model(model, self.model_dir, policy if isinstance(policy, str) else json.dumps(policy))
+            self.domain.save_model(model, self.model_dir, self._policy_text())
             logger.info("model saved to %s", self.model_dir)
         self.shard.barrier()
         return model
+
+    def _policy_text(self) -> str:
+        policy = self.recipe.eval.policy
+        return policy if isinstance(policy, str) else json.dumps(policy)
+
+    def _validation(self, model) -> Callable[[Any], dict[str, float]] | None:
+        """With ``train.eval_every``: score every exit on ``train.eval_split`` under the
+        eval metrics; with ``train.keep_best``, save the model whenever its last exit beats
+        the best score so far (kept in best.json, so a resumed run keeps comparing)."""
+        cfg = self.recipe.train
+        if not cfg.eval_every:
+            return None
+        metrics = list(self.recipe.eval.metrics)
+        if cfg.keep_best and cfg.keep_best not in metrics:
+            raise ValueError(f"train.keep_best={cfg.keep_best!r} must be one of eval.metrics {metrics}")
+        batches = self.batches(model, cfg.eval_split, self.recipe.eval.batch_size)
+        best_path = self.run_dir / BEST_FILE
+
+        def validate(raw) -> dict[str, float]:
+            trace = record_trace(raw, batches, targets=self.domain.targets, quality=self.domain.quality,
+                                 pad_value=self.domain.trace_pad_value(raw), target_pad_value=self.domain.target_pad_value(),
+                                 progress=False, shard=self.shard)
+            values = {}
+            for k in range(trace.num_stages):
+                stage = torch.full((trace.num_samples,), k, dtype=torch.long)
+                values.update({f"{cfg.eval_split}_{m}_exit_{k + 1}": score(trace, stage, m) for m in metrics})
+            if cfg.keep_best:
+                value = values[f"{cfg.eval_split}_{cfg.keep_best}_exit_{trace.num_stages}"]
+                best = json.loads(best_path.read_text())["value"] if best_path.exists() else None
+                sign = -1.0 if cfg.keep_best in LOWER_IS_BETTER else 1.0
+                if best is None or sign * value > sign * best:
+                    if self.shard.is_main:
+                        self.domain.save_model(raw, self.model_dir, self._policy_text())
+                        io.write_text(best_path, json.dumps({"metric": cfg.keep_best, "split": cfg.eval_split, "value": value}))
+                    self.shard.barrier()
+            return values
+
+        return validate
 
     def record(self, split: str | None = None) -> Trace:
         """Every stage's outputs and quality on a split, sharded across launched

@@ -53,7 +53,9 @@ class TrainConfig:
     exit_weights: Any = "pabee"
     first_phase_fraction: float = 0.5
     distill_temperature: float = 1.0
-    eval_every: int = 0
+    eval_every: int = 0  # recipes: every N steps, score every exit on ``eval_split`` (train_history.json)
+    eval_split: str = "dev"
+    keep_best: str | None = None  # recipes: save the model whose last exit scores best on eval_split under this metric
     save_every: int = 200
     log_every: int = 50
     seed: int = 0
@@ -66,6 +68,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ValueError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.keep_best and not self.eval_every:
+            raise ValueError("train.keep_best needs train.eval_every > 0 (how often to validate)")
         if not 0.0 <= self.first_phase_fraction <= 1.0:
             raise ValueError(f"train.first_phase_fraction must be in [0, 1], got {self.first_phase_fraction}")
 

@@ -61,6 +61,26 @@ class SpeechDataConfig:
     heldout_files: float = 0.1  # fraction of clean files kept out of training for the dev mixtures
     babble_prob: float = 0.0  # training mixtures only: chance the noise is babble from 3-6 other training talkers
     noise_eq: bool = False  # training mixtures only: random first-order spectral tilt of the noise
+    heldout_noises: list = field(default_factory=list)  # noise file names kept out of training; the dev mixtures use only these (validation on unseen noise)
+
+
+def split_noises(noise: list[Path], heldout: Sequence[str], split: str) -> list[Path]:
+    """Training mixtures get the noise files not named in ``heldout`` (file names, with or
+    without suffix); dev mixtures only the held-out ones, so validation measures noise the
+    model never heard. Without ``heldout`` both use every file."""
+    if not heldout:
+        return noise
+    names = {str(h) for h in heldout}
+    held = [f for f in noise if f.name in names or f.stem in names]
+    found = {f.name for f in held} | {f.stem for f in held}
+    missing = sorted(names - found)
+    if missing:
+        raise ValueError(f"data.heldout_noises: no noise file named {missing} in the noise folders "
+                         f"(files: {sorted(f.name for f in noise)})")
+    kept = [f for f in noise if f not in held]
+    if not kept:
+        raise ValueError("data.heldout_noises holds out every noise file: nothing is left to train on")
+    return kept if split == "train" else held
 
 
 def data_root(cfg: SpeechDataConfig) -> Path:
@@ -106,7 +126,7 @@ class SpeechDomain(Domain):
             raise ValueError(f"data.source must be synthetic, mix or paired, got {data_cfg.source!r}")
         root = data_root(data_cfg)
         clean = [f for d in data_cfg.clean_dirs for f in list_audio(root / d)]
-        noise = [f for d in data_cfg.noise_dirs for f in list_audio(root / d)]
+        noise = split_noises([f for d in data_cfg.noise_dirs for f in list_audio(root / d)], data_cfg.heldout_noises, split)
         held = max(1, int(len(clean) * data_cfg.heldout_files))
         files = clean[:-held] if split == "train" else clean[-held:]
         augment = {"babble_prob": data_cfg.babble_prob, "noise_eq": data_cfg.noise_eq} if split == "train" else {}

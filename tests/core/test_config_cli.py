@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from adaptive_exit.cli import main
@@ -76,3 +77,28 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "unknown domain 'vision'" in capsys.readouterr().err
     assert main(["calibrate", str(DEMO), f"run_dir={tmp_path}", "--budget", "mean:2"]) == 2
     assert "bad budget 'mean:2'" in capsys.readouterr().err
+
+
+def test_training_validation_keeps_the_best_model(tmp_path):
+    from adaptive_exit.config import load_recipe
+    from adaptive_exit.evaluation import score
+    from adaptive_exit.pipeline import Pipeline
+
+    run_dir = tmp_path / "run"
+    overrides = [f"run_dir={run_dir}", "train.max_steps=40", "train.progress=false", "train.log_every=10",
+                 "train.eval_every=10", "train.keep_best=accuracy", "train.lr=0.05", "data.train_size=256",
+                 "data.dev_size=128"]
+    assert main(["train", str(DEMO), *overrides]) == 0
+    history = json.loads((run_dir / "train_history.json").read_text())
+    scores = [e["dev_accuracy_exit_6"] for e in history if "dev_accuracy_exit_6" in e]
+    assert len(scores) == 4 and all(f"dev_accuracy_exit_{k}" in history[-1] for k in range(1, 7))
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["value"] == max(scores)
+    # the saved model is the best validated one, not necessarily the last
+    recipe, _ = load_recipe(run_dir / "config.yaml", [f"run_dir={run_dir}"])
+    trace = Pipeline(recipe).record("dev")
+    assert score(trace, torch.full((trace.num_samples,), 5), "accuracy") == pytest.approx(max(scores))
+    with pytest.raises(ValueError, match="keep_best needs train.eval_every"):
+        load_recipe(DEMO, ["train.keep_best=accuracy", "train.eval_every=0"])
+    with pytest.raises(ValueError, match="must be one of eval.metrics"):
+        Pipeline(load_recipe(DEMO, [*overrides, "train.keep_best=mse"])[0]).train()

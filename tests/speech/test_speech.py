@@ -236,3 +236,24 @@ def test_model_folders_saved_before_output_forms_load_as_mapping(tmp_path):
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     loaded, _ = DOMAIN.load_model(tmp_path / "model")
     assert loaded.speech_config.output == "mapping"
+
+
+def test_heldout_noises_keep_validation_noise_out_of_training(tmp_path):
+    from adaptive_exit.speech.domain import SpeechDataConfig
+
+    rng = np.random.default_rng(0)
+    for folder, names in (("clean", ["a", "b", "c"]), ("noise", ["hum", "tap", "fan"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            sf.write(tmp_path / folder / f"{name}.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
+    cfg = SpeechDataConfig(source="mix", data_dir=str(tmp_path), clean_dirs=["clean"], noise_dirs=["noise"],
+                           train_size=4, dev_size=4, seconds=0.5, heldout_files=0.34, heldout_noises=["tap.wav", "hum"])
+    train, dev = DOMAIN.load_split(cfg, "train", 0), DOMAIN.load_split(cfg, "dev", 0)
+    assert [p.name for p in train.noise_files] == ["fan.wav"]
+    assert sorted(p.name for p in dev.noise_files) == ["hum.wav", "tap.wav"]
+    cfg.heldout_noises = ["drill"]
+    with pytest.raises(ValueError, match=r"heldout_noises: no noise file named \['drill'\]"):
+        DOMAIN.load_split(cfg, "train", 0)
+    cfg.heldout_noises = ["hum", "tap", "fan"]
+    with pytest.raises(ValueError, match="nothing is left to train on"):
+        DOMAIN.load_split(cfg, "train", 0)
