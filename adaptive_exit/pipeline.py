@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from pathlib import Path
@@ -98,11 +99,13 @@ class Pipeline:
             (self.run_dir / BEST_FILE).unlink(missing_ok=True)
         self.shard.barrier()
         model = trainer.train()
-        if self.recipe.train.keep_best:
+        if self.recipe.train.keep_best and (self.run_dir / BEST_FILE).exists():
             self.shard.barrier()
             model, _ = self.load_model()
             logger.info("kept the best validated model: %s", (self.run_dir / BEST_FILE).read_text().strip())
             return model
+        if self.recipe.train.keep_best:
+            logger.warning("train.keep_best: no validation score was a number; saving the last model")
         if self.shard.is_main:
             self.domain.save_model(model, self.model_dir, self._policy_text())
             logger.info("model saved to %s", self.model_dir)
@@ -138,7 +141,7 @@ class Pipeline:
                 value = values[f"{cfg.eval_split}_{cfg.keep_best}_exit_{trace.num_stages}"]
                 best = json.loads(best_path.read_text())["value"] if best_path.exists() else None
                 sign = -1.0 if cfg.keep_best in LOWER_IS_BETTER else 1.0
-                if best is None or sign * value > sign * best:
+                if not math.isnan(value) and (best is None or sign * value > sign * best):
                     if self.shard.is_main:
                         self.domain.save_model(raw, self.model_dir, self._policy_text())
                         io.write_text(best_path, json.dumps({"metric": cfg.keep_best, "split": cfg.eval_split, "value": value}))
