@@ -151,3 +151,55 @@ def tag(model, runner, token_exit: tuple[float, int] | None, job: list) -> list[
         records.append({"line": number, "words": sentence["words"], "tags": tags[i], "exit_layers": exit_layers,
                         "num_layers": model.num_stages})
     return records
+
+
+def register_self_sample(subparsers) -> None:
+    parser = subparsers.add_parser("self-sample", help="self-sampling fine-tuning of a tagger for token-level exit (TOKEE)")
+    parser.add_argument("--model", required=True, help="a saved token-classification model (RUN_DIR/model); "
+                        "its run's config.yaml gives the training data")
+    parser.add_argument("--output", required=True, help="a new run folder: OUTPUT/model and OUTPUT/config.yaml")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--max-threshold", type=float, default=0.4, help="thresholds are drawn from [0, this]")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run_self_sample)
+
+
+def run_self_sample(args: argparse.Namespace) -> int:
+    """Fine-tune a copy of the model; the output folder is a run folder of its own, so
+    ``adaptive-exit evaluate OUTPUT/config.yaml`` and the TOKEE benchmark work on it."""
+    from pathlib import Path
+
+    import yaml
+
+    from adaptive_exit import io
+    from adaptive_exit.config import load_recipe
+    from adaptive_exit.pipeline import Pipeline
+
+    from .self_sampling import SelfSamplingConfig, self_sampling_finetune
+
+    model_dir, output = Path(args.model), Path(args.output)
+    recipe_path = model_dir.parent / "config.yaml"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"no recipe next to the model: {recipe_path} (self-sample needs the run folder's config.yaml)")
+    if output.resolve() == model_dir.parent.resolve():
+        raise ValueError(f"--output must be a new run folder, not the model's own run {model_dir.parent}")
+    cfg = SelfSamplingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                             max_threshold=args.max_threshold, seed=args.seed)
+    recipe, _ = load_recipe(recipe_path, [f"run_dir={output}"])
+    pipeline = Pipeline(recipe)
+    model, policy = pipeline.domain.load_model(model_dir)
+    if model.config.task != "token-classification":
+        raise ValueError(f"self-sample needs a token-classification model; {model_dir} is a {model.config.task} model")
+    samples = pipeline.domain.load_split(pipeline.data_cfg, "train", recipe.seed)
+    history = self_sampling_finetune(model, samples, lambda items: pipeline.domain.collate(model, items), cfg)
+    output.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_load(recipe_path.read_text())
+    resolved["run_dir"] = str(output)
+    io.write_text(output / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    io.write_json(output / "self_sampling.json", {"from": str(model_dir), **vars(cfg), "windows": list(cfg.windows),
+                                                  "history": history})
+    pipeline.domain.save_model(model, output / "model", policy)
+    print(json.dumps({"model": str(output / "model"), "steps": cfg.steps, "final_loss": history[-1]["loss"]}))
+    return 0

@@ -109,6 +109,14 @@ def _shared_uncertainty(own: Tensor, batch: dict[str, Tensor]) -> Tensor:
     return torch.where(batch["attention_mask"].bool().to(own.device), own, torch.zeros_like(own))
 
 
+def halting(own: Tensor, batch: dict[str, Tensor], active: Tensor, threshold: float, window: int) -> Tensor:
+    """(B, T) the active tokens that halt now: the largest (shared) uncertainty within
+    +-window tokens is below the threshold."""
+    neighbourhood = F.max_pool1d(_shared_uncertainty(own, batch)[:, None, :], 2 * window + 1, stride=1,
+                                 padding=window)[:, 0]
+    return active & (neighbourhood < threshold)
+
+
 @torch.no_grad()
 def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 1) -> TokenExitResult:
     """TOKEE inference of an ``EarlyExitForTokenClassification`` model (eval mode).
@@ -144,11 +152,9 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
         flops += 2.0 * logits.shape[0] * h * num_labels
         full += 2.0 * float(mask2d.sum()) * h * num_labels
         own[where] = normalized_entropy(logits)
-        neighbourhood = F.max_pool1d(_shared_uncertainty(own, batch)[:, None, :], 2 * window + 1, stride=1,
-                                     padding=window)[:, 0]
-        done = active & (neighbourhood < threshold) if k < last else active
-        halting = done[where]
-        logits_out[where[0][halting], where[1][halting]] = logits[halting]
+        done = halting(own, batch, active, threshold, window) if k < last else active
+        halting_now = done[where]
+        logits_out[where[0][halting_now], where[1][halting_now]] = logits[halting_now]
         exit_layer[done] = k + 1
         active = active & ~done
         if not bool(active.any()):

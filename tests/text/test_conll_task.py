@@ -185,3 +185,43 @@ def test_predict_tags_words_with_sentence_or_token_exits(conll_run, tmp_path, ca
             assert len(set(lines[0]["exit_layers"])) == 1
     assert main(["predict", "--model", model_dir, "--input", str(inputs), "--token-exit", "x"]) == 2
     assert "--token-exit must be" in capsys.readouterr().err
+
+
+def test_self_sampling_loss_is_the_joint_loss_at_threshold_zero_and_trains_every_layer(tmp_path):
+    from adaptive_exit.losses import exit_weights, weighted_exit_loss
+    from adaptive_exit.staged import all_exit_outputs
+    from adaptive_exit.text.self_sampling import self_sampling_loss
+
+    tokenizer = piece_tokenizer(tmp_path / "tok")
+    sentences = [{"words": ["goods", "movies", "plot"], "tags": ["B-PER", "O", "O"]},
+                 {"words": ["bads", "fun", "the", "acting", "was", "boring"], "tags": ["B-ORG", "O", "O", "O", "O", "O"]}]
+    batch = TokenCollator(tokenizer, CONLL2003_TAGS, 32)(sentences)
+    model = tiny_tagger()  # eval mode: no dropout, so both paths are deterministic
+    joint = weighted_exit_loss([model.task_loss(o, batch["labels"]) for o in all_exit_outputs(model, batch)],
+                               exit_weights(model.config.exit_weights, model.num_stages))
+    assert float(self_sampling_loss(model, batch, threshold=0.0, window=1)) == pytest.approx(float(joint), rel=1e-5)
+    layers = token_exit(model, batch, threshold=0.5, window=0).exit_layer[batch["attention_mask"].bool()]
+    assert 1 < int(layers.max()) and int(layers.min()) < int(layers.max())  # some tokens halt, some go on
+    self_sampling_loss(model, batch, threshold=0.5, window=0).backward()
+    for k in range(int(layers.max())):  # every layer that still has active tokens is trained
+        grad = model.adapter.layer(k).attention.self.key.weight.grad
+        assert grad is not None and float(grad.abs().sum()) > 0
+    for k in range(int(layers.max()), model.num_stages):  # layers after the last token halted run nothing
+        assert model.adapter.layer(k).intermediate.dense.weight.grad is None or \
+            float(model.adapter.layer(k).intermediate.dense.weight.grad.abs().sum()) == 0
+
+
+def test_self_sample_cli_writes_a_new_run(conll_run, capsys):
+    out = conll_run / "ss"
+    assert main(["self-sample", "--model", str(conll_run / "run" / "model"), "--output", str(out), "--steps", "3",
+                 "--batch-size", "4"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["steps"] == 3 and (out / "model" / "config.json").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["run_dir"] == str(out)
+    history = json.loads((out / "self_sampling.json").read_text())["history"]
+    assert history[-1]["step"] == 3
+    tuned, _ = load_text_model(out / "model")
+    original, _ = load_text_model(conll_run / "run" / "model")
+    assert not torch.equal(tuned.classifiers[0].weight, original.classifiers[0].weight)
+    assert main(["self-sample", "--model", str(conll_run / "run" / "model"), "--output", str(conll_run / "run")]) == 2
+    assert "must be a new run folder" in capsys.readouterr().err
