@@ -162,6 +162,8 @@ def register_self_sample(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--max-threshold", type=float, default=0.4, help="thresholds are drawn from [0, this]")
+    parser.add_argument("--full-fraction", type=float, default=0.0,
+                        help="share of batches trained on full-model states (the joint loss), to keep the full model")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run_self_sample)
 
@@ -186,7 +188,7 @@ def run_self_sample(args: argparse.Namespace) -> int:
     if output.resolve() == model_dir.parent.resolve():
         raise ValueError(f"--output must be a new run folder, not the model's own run {model_dir.parent}")
     cfg = SelfSamplingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                             max_threshold=args.max_threshold, seed=args.seed)
+                             max_threshold=args.max_threshold, full_fraction=args.full_fraction, seed=args.seed)
     recipe, _ = load_recipe(recipe_path, [f"run_dir={output}"])
     pipeline = Pipeline(recipe)
     model, policy = pipeline.domain.load_model(model_dir)

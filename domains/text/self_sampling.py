@@ -54,11 +54,14 @@ class SelfSamplingConfig:
     weight_decay: float = 0.01
     max_threshold: float = 0.4  # thresholds are drawn uniformly from [0, max_threshold]
     windows: Sequence[int] = (0, 1, 2)
+    full_fraction: float = 0.0  # share of batches trained on full-model states (threshold 0: the joint loss)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"steps, batch_size and lr must be positive, got {self.steps}, {self.batch_size}, {self.lr}")
+        if not 0.0 <= self.full_fraction <= 1.0:
+            raise ValueError(f"full_fraction must be in [0, 1], got {self.full_fraction}")
         if self.max_threshold < 0 or not self.windows or min(self.windows) < 0:
             raise ValueError(f"max_threshold and windows must be >= 0 (and at least one window), got "
                              f"{self.max_threshold}, {list(self.windows)}")
@@ -80,6 +83,8 @@ def self_sampling_finetune(model, samples: Sequence, collate: Callable[[list], d
         batch = collate([samples[i] for i in order[:cfg.batch_size]])
         del order[:cfg.batch_size]
         threshold, window = rng.uniform(0.0, cfg.max_threshold), rng.choice(list(cfg.windows))
+        if rng.random() < cfg.full_fraction:
+            threshold = 0.0
         loss = self_sampling_loss(model, batch, threshold, window)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

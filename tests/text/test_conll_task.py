@@ -199,7 +199,8 @@ def test_self_sampling_loss_is_the_joint_loss_at_threshold_zero_and_trains_every
     model = tiny_tagger()  # eval mode: no dropout, so both paths are deterministic
     joint = weighted_exit_loss([model.task_loss(o, batch["labels"]) for o in all_exit_outputs(model, batch)],
                                exit_weights(model.config.exit_weights, model.num_stages))
-    assert float(self_sampling_loss(model, batch, threshold=0.0, window=1)) == pytest.approx(float(joint), rel=1e-5)
+    at_zero = self_sampling_loss(model, batch, threshold=0.0, window=1).detach()
+    assert float(at_zero) == pytest.approx(float(joint.detach()), rel=1e-5)
     layers = token_exit(model, batch, threshold=0.5, window=0).exit_layer[batch["attention_mask"].bool()]
     assert 1 < int(layers.max()) and int(layers.min()) < int(layers.max())  # some tokens halt, some go on
     self_sampling_loss(model, batch, threshold=0.5, window=0).backward()
