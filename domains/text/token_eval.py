@@ -99,9 +99,14 @@ def token_level_row(model, batches: Sequence[dict[str, Tensor]], threshold: floa
 
 
 def sentee_f1_at(rows: list[TokenExitRow], speedup: float) -> float | None:
-    """SENTEE's entity F1 at a FLOPs speed-up, linearly interpolated along its upper
-    envelope (the best F1 reachable at each speed-up); None outside its range."""
-    points = sorted((r.flops_speedup, r.f1) for r in rows if r.family in ("sentee", "full"))
+    """SENTEE's entity F1 at a FLOPs speed-up (see ``envelope_f1_at``)."""
+    return envelope_f1_at(rows, speedup, ("sentee", "full"))
+
+
+def envelope_f1_at(rows: list[TokenExitRow], speedup: float, families: Sequence[str]) -> float | None:
+    """The best entity F1 these families reach at a FLOPs speed-up, linearly interpolated
+    along their upper envelope; None beyond their fastest point."""
+    points = sorted((r.flops_speedup, r.f1) for r in rows if r.family in families)
     envelope: list[tuple[float, float]] = []
     for s, f in reversed(points):  # from fastest to slowest: keep points better than every faster one
         if not envelope or f > envelope[-1][1]:
@@ -115,6 +120,12 @@ def sentee_f1_at(rows: list[TokenExitRow], speedup: float) -> float | None:
         if s0 <= speedup <= s1:
             return f0 + (f1 - f0) * (speedup - s0) / (s1 - s0) if s1 > s0 else max(f0, f1)
     return None
+
+
+def rows_from_json(rows: list[dict[str, Any]]) -> list[TokenExitRow]:
+    """Rows as written by ``benchmarks/conll_token_exit.py`` (extra keys ignored)."""
+    names = {f for f in TokenExitRow.__dataclass_fields__}
+    return [TokenExitRow(**{k: v for k, v in row.items() if k in names}) for row in rows]
 
 
 def best_within(rows: list[TokenExitRow], family: str, reference_f1: float, max_drop: float) -> TokenExitRow | None:

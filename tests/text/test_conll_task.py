@@ -15,8 +15,8 @@ from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.text.conll import CONLL2003_TAGS, IGNORE, TokenCollator, entity_f1, tags_from_logits
 from adaptive_exit.text.domain import load_text_model
-from adaptive_exit.text.token_eval import (TokenExitRow, sentee_f1_at, sentence_flops, sentence_level_rows,
-                                           token_level_row)
+from adaptive_exit.text.token_eval import (TokenExitRow, envelope_f1_at, rows_from_json, sentee_f1_at, sentence_flops,
+                                           sentence_level_rows, token_level_row)
 from adaptive_exit.text.tokee import token_exit
 from adaptive_exit.text.token_model import EarlyExitForTokenClassification, certain_logits
 
@@ -165,6 +165,8 @@ def test_sentee_f1_is_interpolated_on_its_upper_envelope():
     assert sentee_f1_at(rows, 2.5) == pytest.approx(0.70)
     assert sentee_f1_at(rows, 0.5) == pytest.approx(0.90)
     assert sentee_f1_at(rows, 3.5) is None
+    assert envelope_f1_at(rows, 2.5, ("tokee",)) == pytest.approx(0.99)
+    assert rows_from_json([{**r.as_dict(), "sentee_f1_at_same_flops": None} for r in rows]) == rows  # JSON round trip
 
 
 def test_predict_tags_words_with_sentence_or_token_exits(conll_run, tmp_path, capsys):
