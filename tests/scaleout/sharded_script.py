@@ -23,3 +23,9 @@ with open(root / f"{tag}-predict-rank{rank}.jsonl", "w") as out, contextlib.redi
 with open(root / f"{tag}-enhance-rank{rank}.jsonl", "w") as out, contextlib.redirect_stdout(out):
     assert main(["enhance", "--model", str(root / f"speech-{tag}" / "model"), "--input", str(root / "wavs"),
                  "--output", str(root / f"{tag}-enhanced")]) == 0
+
+import torch.distributed as dist  # noqa: E402
+
+if dist.is_initialized():  # leave the process group cleanly before the interpreter tears threads down
+    dist.barrier()
+    dist.destroy_process_group()

@@ -72,7 +72,8 @@ def _lines(path: Path) -> list[dict]:
 @pytest.mark.distributed
 def test_two_process_evaluate_predict_enhance_equal_single_process(tmp_path):
     _prepare(tmp_path)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # tokenizers off its thread pool: a Rust pool in each launched rank is one more thread to tear down at exit
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
     alone = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "single"], env=env, capture_output=True, text=True, timeout=600)
     assert alone.returncode == 0, alone.stderr[-3000:]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path), "sharded"]
