@@ -18,6 +18,7 @@ SCHEMES = ("joint", "two-stage", "distill")
 WEIGHT_SCHEMES = ("pabee", "linear", "uniform", "last-heavy")
 
 TaskLoss = Callable[[Tensor, Any], Tensor]
+ExitBatch = Callable[[Any, int, int], Any]
 
 
 def exit_weights(scheme: str | Sequence[float], num_exits: int) -> list[float]:
@@ -65,10 +66,13 @@ class MultiExitObjective:
 
     ``task_loss(output, batch)`` is the domain's loss for one exit output
     (cross-entropy, MSE, a spectral loss). Phase 1 / 2 only matter for the
-    two-stage and distill schemes.
+    two-stage and distill schemes. ``exit_batch(batch, k, num_exits)`` (optional)
+    gives the batch exit k is scored against, for per-exit targets such as the
+    intermediate targets of progressive learning; by default every exit shares one.
     """
 
-    def __init__(self, task_loss: TaskLoss, scheme: str = "joint", weights: str | Sequence[float] = "pabee", temperature: float = 1.0):
+    def __init__(self, task_loss: TaskLoss, scheme: str = "joint", weights: str | Sequence[float] = "pabee", temperature: float = 1.0,
+                 exit_batch: ExitBatch | None = None):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown training scheme {scheme!r}; expected one of {SCHEMES}")
         if temperature <= 0:
@@ -77,6 +81,12 @@ class MultiExitObjective:
         self.scheme = scheme
         self.weights = weights
         self.temperature = temperature
+        self.exit_batch = exit_batch
+
+    def exit_loss(self, outputs: Sequence[Tensor], batch: Any, k: int) -> Tensor:
+        """Task loss of exit k against its own targets."""
+        exit_batch = self.exit_batch(batch, k, len(outputs)) if self.exit_batch else batch
+        return self.task_loss(outputs[k], exit_batch)
 
     @property
     def phases(self) -> int:
@@ -86,12 +96,12 @@ class MultiExitObjective:
         num = len(outputs)
         if self.scheme == "joint":
             weights = exit_weights(self.weights, num)
-            return weighted_exit_loss([self.task_loss(o, batch) if w else o.new_zeros(()) for o, w in zip(outputs, weights)], weights)
+            return weighted_exit_loss([self.exit_loss(outputs, batch, k) if w else o.new_zeros(()) for k, (o, w) in enumerate(zip(outputs, weights))], weights)
         if phase == 1:
-            return self.task_loss(outputs[-1], batch)
+            return self.exit_loss(outputs, batch, num - 1)
         if num < 2:
             raise ValueError("a second training phase needs at least two exits")
         if self.scheme == "two-stage":
             weights = exit_weights(self.weights, num)[:-1]
-            return weighted_exit_loss([self.task_loss(o, batch) for o in outputs[:-1]], weights)
+            return weighted_exit_loss([self.exit_loss(outputs, batch, k) for k in range(num - 1)], weights)
         return distillation_loss(outputs[:-1], outputs[-1], self.temperature)

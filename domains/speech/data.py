@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, list_audio, load_audio
+from .noise_synth import procedural_noise
 from .stft import STFT
 
 
@@ -82,15 +83,19 @@ class MixtureDataset:
     """Clean speech files mixed with noise files at a random SNR, segment and gain.
 
     Training-time noise augmentation widens a small noise set: ``babble_prob`` replaces
-    the noise by a sum of 3-6 other talkers (cafeteria-like), ``noise_eq`` tilts its
-    spectrum at random.
+    the noise by a sum of 3-6 other talkers (cafeteria-like), ``synth_noise_prob`` by a
+    procedurally generated noise (`noise_synth.procedural_noise`), and ``noise_eq``
+    tilts the spectrum of whichever noise was drawn.
     """
 
     def __init__(self, clean_files: Sequence[Path], noise_files: Sequence[Path], size: int, seed: int,
                  seconds: float = 3.0, snr_range: tuple[float, float] = (-5.0, 15.0), gain_db: tuple[float, float] = (-6.0, 6.0),
-                 babble_prob: float = 0.0, noise_eq: bool = False):
-        if not 0 <= babble_prob <= 1:
-            raise ValueError(f"babble_prob must be in [0, 1], got {babble_prob}")
+                 babble_prob: float = 0.0, noise_eq: bool = False, synth_noise_prob: float = 0.0):
+        for name, p in (("babble_prob", babble_prob), ("synth_noise_prob", synth_noise_prob)):
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {p}")
+        if babble_prob + synth_noise_prob > 1:
+            raise ValueError(f"babble_prob + synth_noise_prob must be <= 1, got {babble_prob} + {synth_noise_prob}")
         if not clean_files:
             raise ValueError("no clean speech files to mix")
         if not noise_files:
@@ -98,7 +103,7 @@ class MixtureDataset:
         self.clean_files, self.noise_files = list(clean_files), list(noise_files)
         self.size, self.seed, self.length = size, seed, int(seconds * SAMPLE_RATE)
         self.snr_range, self.gain_db = snr_range, gain_db
-        self.babble_prob, self.noise_eq = babble_prob, noise_eq
+        self.babble_prob, self.noise_eq, self.synth_noise_prob = babble_prob, noise_eq, synth_noise_prob
 
     def __len__(self) -> int:
         return self.size
@@ -116,9 +121,12 @@ class MixtureDataset:
         return {"name": f"mix{i:06d}_snr{snr:+.1f}", "noisy": (noisy * gain).astype(np.float32), "clean": (clean * gain).astype(np.float32)}
 
     def _noise(self, rng: random.Random) -> np.ndarray:
-        if self.babble_prob and rng.random() < self.babble_prob:
+        kind = rng.random() if self.babble_prob or self.synth_noise_prob else 1.0
+        if kind < self.babble_prob:
             talkers = [_segment(_cached(str(rng.choice(self.clean_files))), self.length, rng) for _ in range(rng.randint(3, 6))]
             noise = sum(t / max(float(np.sqrt(np.mean(t**2))), 1e-6) for t in talkers)
+        elif kind < self.babble_prob + self.synth_noise_prob:
+            noise = procedural_noise(self.length, np.random.default_rng(rng.getrandbits(64)))
         else:
             noise = _segment(_cached(str(rng.choice(self.noise_files))), self.length, rng)
         return tilt(noise, rng.uniform(-0.9, 0.9)) if self.noise_eq else noise

@@ -39,6 +39,7 @@ class SpeechModelConfig:
     compress: float = 0.5
     loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
     si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
+    target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
 
     def enhancer(self) -> EnhancerConfig:
         return EnhancerConfig(num_stages=self.num_stages, hidden=self.hidden, time_kernel=self.time_kernel,
@@ -61,6 +62,7 @@ class SpeechDataConfig:
     heldout_files: float = 0.1  # fraction of clean files kept out of training for the dev mixtures
     babble_prob: float = 0.0  # training mixtures only: chance the noise is babble from 3-6 other training talkers
     noise_eq: bool = False  # training mixtures only: random first-order spectral tilt of the noise
+    synth_noise_prob: float = 0.0  # training mixtures only: chance the noise is procedurally generated (noise_synth.py)
     heldout_noises: list = field(default_factory=list)  # noise file names kept out of training; the dev mixtures use only these (validation on unseen noise)
 
 
@@ -129,19 +131,25 @@ class SpeechDomain(Domain):
         noise = split_noises([f for d in data_cfg.noise_dirs for f in list_audio(root / d)], data_cfg.heldout_noises, split)
         held = max(1, int(len(clean) * data_cfg.heldout_files))
         files = clean[:-held] if split == "train" else clean[-held:]
-        augment = {"babble_prob": data_cfg.babble_prob, "noise_eq": data_cfg.noise_eq} if split == "train" else {}
+        augment = {"babble_prob": data_cfg.babble_prob, "noise_eq": data_cfg.noise_eq,
+                   "synth_noise_prob": data_cfg.synth_noise_prob} if split == "train" else {}
         return MixtureDataset(files, noise, size, split_seed, data_cfg.seconds, snr, **augment)
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
-        batch = SpeechCollator(STFT(compress=model.speech_config.compress))(samples)
-        batch["compress"] = model.speech_config.compress
+        cfg = model.speech_config
+        stft = STFT(compress=cfg.compress)
+        batch = SpeechCollator(stft)(samples)
+        batch["compress"] = cfg.compress
+        if cfg.target_snr_step_db and "clean_wav" in batch:
+            batch["stage_targets"] = intermediate_targets(batch, stft, cfg.num_stages, cfg.target_snr_step_db)
         return batch
 
     # -- training / evaluation
     def objective(self, train_cfg, model: nn.Module | None = None):
         cfg = model.speech_config if model is not None else SpeechModelConfig()
         loss = SpectralLoss(cfg.loss_alpha, cfg.si_sdr_weight, cfg.compress)
-        return MultiExitObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature)
+        return MultiExitObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
+                                  exit_batch=stage_target_batch)
 
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
         return SpectralLoss()(output, batch)
@@ -179,6 +187,30 @@ class SpeechDomain(Domain):
         failed = {m: int(sum(math.isnan(r[m]) for r in rows)) for m in QUALITY_METRICS}
         seconds = float(sum(len(item["noisy"]) for item in samples)) / 16000
         return {"noisy_input": noisy, "unscored_utterances": failed, "num_utterances": len(rows), "audio_seconds": seconds}
+
+
+def intermediate_targets(batch: dict[str, Any], stft: STFT, num_stages: int, step_db: float) -> list[dict[str, Any]]:
+    """Progressive-learning targets (as PL-CRN): stage q (1-based) of Q learns
+    clean + (noisy - clean) * 10^(-q * step_db / 20), a mixture q * step_db dB cleaner
+    than the input; stage Q learns the clean speech. Each entry replaces the batch's
+    ``clean_spec`` / ``clean_wav`` for that stage's loss."""
+    if step_db < 0:
+        raise ValueError(f"model.target_snr_step_db must be >= 0, got {step_db}")
+    targets = []
+    for q in range(1, num_stages):
+        gain = 10 ** (-q * step_db / 20)
+        wavs = [c + gain * (n - c) for c, n in zip(batch["clean_wav"], batch["noisy_wav"])]
+        targets.append({"clean_spec": stft.batch(wavs)[0], "clean_wav": wavs})
+    targets.append({"clean_spec": batch["clean_spec"], "clean_wav": batch["clean_wav"]})
+    return targets
+
+
+def stage_target_batch(batch: dict[str, Any], k: int, num_exits: int) -> dict[str, Any]:
+    """The batch exit k (0-based) is scored against: its intermediate target when the
+    collator made them, otherwise the clean speech."""
+    if "stage_targets" not in batch:
+        return batch
+    return {**batch, **batch["stage_targets"][k]}
 
 
 class SpectralLoss:

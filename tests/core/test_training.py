@@ -29,6 +29,26 @@ def test_distillation_is_zero_when_students_match_teacher():
     assert distillation_loss([torch.zeros(4, 5)], teacher).item() > 0
 
 
+def test_exit_batch_gives_each_exit_its_own_targets():
+    seen = []
+
+    def per_exit(batch, k, num):
+        seen.append((k, num))
+        return {"target": batch["targets"][k]}
+
+    loss = lambda output, batch: ((output - batch["target"]) ** 2).mean()  # noqa: E731
+    targets = [torch.full((3,), float(k)) for k in range(3)]
+    outputs = [t.clone() for t in targets]
+    objective = MultiExitObjective(loss, weights="uniform", exit_batch=per_exit)
+    assert objective(outputs, {"targets": targets}).item() == 0.0
+    assert seen == [(0, 3), (1, 3), (2, 3)]
+    shared = MultiExitObjective(loss, weights="uniform")  # without it every exit sees the same batch
+    assert shared(outputs, {"target": targets[2]}).item() == pytest.approx((4 + 1 + 0) / 3)
+    two_stage = MultiExitObjective(loss, scheme="two-stage", weights="uniform", exit_batch=per_exit)
+    seen.clear()
+    assert two_stage(outputs, {"targets": targets}, phase=1).item() == 0.0 and seen == [(2, 3)]
+
+
 def _toy_setup(train_size=4000, seed=0):
     data = ToyDataConfig(train_size=train_size)
     torch.manual_seed(seed)

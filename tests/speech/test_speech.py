@@ -91,6 +91,32 @@ def test_spectral_loss_is_zero_for_the_clean_target_and_ignores_padding():
     assert loss(batch["noisy_spec"], batch).item() > 0
 
 
+def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
+    from adaptive_exit.speech.domain import intermediate_targets, stage_target_batch
+
+    def snr(reference, estimate):
+        return 10 * np.log10(np.sum(reference**2) / np.sum((estimate - reference) ** 2))
+
+    model = DOMAIN.build_model(SpeechModelConfig(num_stages=4, hidden=8, target_snr_step_db=5.0), None)
+    items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
+    batch = DOMAIN.collate(model, items)
+    targets = batch["stage_targets"]
+    assert len(targets) == 4 and targets[-1]["clean_spec"] is batch["clean_spec"]
+    for i, item in enumerate(items):
+        clean = item["clean"].astype(np.float64)
+        input_snr = snr(clean, item["noisy"].astype(np.float64))
+        for q in range(3):
+            assert snr(clean, targets[q]["clean_wav"][i].double().numpy()) == pytest.approx(input_snr + 5.0 * (q + 1), abs=1e-3)
+    # each stage's loss is zero exactly when it hits its own target
+    objective = DOMAIN.objective(type("T", (), {"scheme": "joint", "exit_weights": "uniform", "distill_temperature": 1.0}), model)
+    assert objective([t["clean_spec"] for t in targets], batch).item() == pytest.approx(0.0, abs=1e-6)
+    assert objective([batch["clean_spec"]] * 4, batch).item() > 0
+    plain = DOMAIN.collate(DOMAIN.build_model(SpeechModelConfig(num_stages=4, hidden=8), None), items)
+    assert "stage_targets" not in plain and stage_target_batch(plain, 0, 4) is plain  # step 0: clean for every stage
+    with pytest.raises(ValueError, match="target_snr_step_db"):
+        intermediate_targets(batch, STFT(), 4, -1.0)
+
+
 def test_mixing_hits_the_snr():
     rng = np.random.default_rng(0)
     clean, noise = rng.standard_normal(16000), rng.standard_normal(16000) * 3
@@ -257,3 +283,44 @@ def test_heldout_noises_keep_validation_noise_out_of_training(tmp_path):
     cfg.heldout_noises = ["hum", "tap", "fan"]
     with pytest.raises(ValueError, match="nothing is left to train on"):
         DOMAIN.load_split(cfg, "train", 0)
+
+
+def test_procedural_noise_is_reproducible_varied_and_unit_level():
+    from adaptive_exit.speech.noise_synth import procedural_noise
+
+    def centroid(x):
+        power = np.abs(np.fft.rfft(x)) ** 2
+        return float((np.fft.rfftfreq(len(x), 1 / 16000) * power).sum() / power.sum())
+
+    draws = [procedural_noise(16000, np.random.default_rng(seed)) for seed in range(40)]
+    assert np.array_equal(draws[3], procedural_noise(16000, np.random.default_rng(3)))
+    for x in draws:
+        assert x.shape == (16000,) and np.all(np.isfinite(x))
+        assert np.sqrt(np.mean(x**2)) == pytest.approx(1.0)
+    centroids = [centroid(x) for x in draws]
+    assert min(centroids) < 1000 < 3000 < max(centroids)  # from rumble to hiss, not one colour
+    levels = [np.std([np.sqrt(np.mean(frame**2)) for frame in x.reshape(-1, 320)]) for x in draws]
+    assert min(levels) < 0.3 and max(levels) > 0.6  # from steady to strongly fluctuating
+    with pytest.raises(ValueError, match="positive length"):
+        procedural_noise(0, np.random.default_rng(0))
+
+
+def test_mixtures_can_draw_procedural_noise(tmp_path):
+    tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)
+    sf.write(tmp_path / "tone.wav", tone.astype(np.float32), 16000)
+    sf.write(tmp_path / "c.wav", (0.1 * np.random.default_rng(0).standard_normal(32000)).astype(np.float32), 16000)
+    clean = [tmp_path / "c.wav"]
+
+    def noise_peak_share(item):  # share of the noise power in its strongest FFT bin: ~1 for a pure tone
+        power = np.abs(np.fft.rfft(item["noisy"].astype(np.float64) - item["clean"])) ** 2
+        return power.max() / power.sum()
+
+    real = MixtureDataset(clean, [tmp_path / "tone.wav"], size=4, seed=2, seconds=1.0)
+    synth = MixtureDataset(clean, [tmp_path / "tone.wav"], size=4, seed=2, seconds=1.0, synth_noise_prob=1.0)
+    assert all(noise_peak_share(real[i]) > 0.5 for i in range(4))
+    assert all(noise_peak_share(synth[i]) < 0.2 for i in range(4))
+    assert np.array_equal(synth[1]["noisy"], MixtureDataset(clean, [tmp_path / "tone.wav"], size=4, seed=2, seconds=1.0, synth_noise_prob=1.0)[1]["noisy"])
+    with pytest.raises(ValueError, match="synth_noise_prob must be in"):
+        MixtureDataset(clean, [tmp_path / "tone.wav"], size=1, seed=1, synth_noise_prob=-0.1)
+    with pytest.raises(ValueError, match="babble_prob \\+ synth_noise_prob"):
+        MixtureDataset(clean, [tmp_path / "tone.wav"], size=1, seed=1, babble_prob=0.6, synth_noise_prob=0.6)
