@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from adaptive_exit import io
 from adaptive_exit.domain import Domain
 from adaptive_exit.losses import MultiExitObjective
+from adaptive_exit.policies import relative_distance
 
 from .audio import list_audio
 from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset
@@ -39,6 +40,7 @@ class SpeechModelConfig:
     compress: float = 0.5
     loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
     si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
+    change_weight: float = 0.0  # penalty on each stage's relative change of the previous estimate (convergence regularizer)
     target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
 
     def enhancer(self) -> EnhancerConfig:
@@ -148,8 +150,8 @@ class SpeechDomain(Domain):
     def objective(self, train_cfg, model: nn.Module | None = None):
         cfg = model.speech_config if model is not None else SpeechModelConfig()
         loss = SpectralLoss(cfg.loss_alpha, cfg.si_sdr_weight, cfg.compress)
-        return MultiExitObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
-                                  exit_batch=stage_target_batch)
+        return ConvergentObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
+                                   exit_batch=stage_target_batch, change_weight=cfg.change_weight)
 
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
         return SpectralLoss()(output, batch)
@@ -211,6 +213,28 @@ def stage_target_batch(batch: dict[str, Any], k: int, num_exits: int) -> dict[st
     if "stage_targets" not in batch:
         return batch
     return {**batch, **batch["stage_targets"][k]}
+
+
+class ConvergentObjective(MultiExitObjective):
+    """The multi-exit spectral objective plus ``change_weight`` times the mean relative
+    change each stage makes to the previous (detached) estimate, ||S_q - S_q-1||^2 /
+    ||S_q-1||^2 over each utterance's own frames: the exit rule's own distance. A stage
+    then changes an estimate only where the change pays for itself in the loss, so
+    successive outputs converge where later stages have little to add."""
+
+    def __init__(self, *args, change_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if change_weight < 0:
+            raise ValueError(f"model.change_weight must be >= 0, got {change_weight}")
+        self.change_weight = change_weight
+
+    def __call__(self, outputs: Sequence[Tensor], batch: Any, phase: int = 1) -> Tensor:
+        loss = super().__call__(outputs, batch, phase)
+        if not self.change_weight or len(outputs) < 2 or (self.scheme != "joint" and phase == 1):
+            return loss
+        changes = torch.stack([relative_distance(prev.detach(), cur) for prev, cur in zip(outputs[:-1], outputs[1:])])
+        changes = torch.where(torch.isfinite(changes), changes, torch.zeros_like(changes))  # a silent estimate has no relative change
+        return loss + self.change_weight * changes.mean().to(loss.dtype)
 
 
 class SpectralLoss:

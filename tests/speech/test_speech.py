@@ -117,6 +117,26 @@ def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
         intermediate_targets(batch, STFT(), 4, -1.0)
 
 
+def test_change_penalty_adds_the_exit_distance_and_only_pushes_later_stages():
+    from adaptive_exit.policies import relative_distance
+
+    items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
+    train_cfg = type("T", (), {"scheme": "joint", "exit_weights": "linear", "distill_temperature": 1.0})
+    plain = DOMAIN.objective(train_cfg, DOMAIN.build_model(SpeechModelConfig(num_stages=3, hidden=8), None))
+    penalised = DOMAIN.objective(train_cfg, DOMAIN.build_model(SpeechModelConfig(num_stages=3, hidden=8, change_weight=0.5), None))
+    batch = SpeechCollator(STFT(compress=0.5))(items)
+    outputs = [(batch["noisy_spec"] * s).requires_grad_() for s in (1.0, 0.8, 0.7)]
+    changes = [relative_distance(outputs[0], outputs[1]), relative_distance(outputs[1], outputs[2])]
+    expected = plain(outputs, batch) + 0.5 * torch.stack(changes).mean()
+    assert penalised(outputs, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    plain_grads = torch.autograd.grad(plain(outputs, batch), outputs)
+    penalised_grads = torch.autograd.grad(penalised(outputs, batch), outputs)
+    torch.testing.assert_close(penalised_grads[0], plain_grads[0])  # the first estimate is not pulled towards the later ones
+    assert (penalised_grads[2] - plain_grads[2]).abs().max() > 1e-4 * plain_grads[2].abs().max()
+    with pytest.raises(ValueError, match="change_weight"):
+        DOMAIN.objective(train_cfg, DOMAIN.build_model(SpeechModelConfig(num_stages=3, hidden=8, change_weight=-1), None))
+
+
 def test_mixing_hits_the_snr():
     rng = np.random.default_rng(0)
     clean, noise = rng.standard_normal(16000), rng.standard_normal(16000) * 3
