@@ -55,13 +55,16 @@ def _check_layer(layer: nn.Module) -> None:
                 raise ValueError(f"token-level exit supports BERT-family layers; {type(layer).__name__} has no {path}")
 
 
-def layer_flops(hidden: int, intermediate: int, real: int, active: int) -> float:
-    """FLOPs of one halted-and-copied layer: K/V for every real token, the rest for active ones."""
+def layer_flops(hidden: int, intermediate: int, real: int | Tensor, active: int | Tensor) -> float:
+    """FLOPs of one halted-and-copied layer: K/V for every real token, the rest for active
+    ones. ``real``/``active`` are token counts of one sentence or (B,) tensors of them,
+    summed over the batch."""
+    real, active = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(active, dtype=torch.float64)
     kv = 2 * 2 * real * hidden * hidden
     q_out = 2 * 2 * active * hidden * hidden
     attention = 2 * 2 * active * real * hidden
     ffn = 2 * 2 * active * hidden * intermediate
-    return float(kv + q_out + attention + ffn)
+    return float((kv + q_out + attention + ffn).sum())
 
 
 def _pack(active: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,9 +145,10 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
     last = model.num_stages - 1
     for k in range(model.num_stages):
         layer = adapter.layer(k)
-        for n, a in zip(real_counts.tolist(), active.sum(1).tolist()):
-            flops += layer_flops(h, intermediate, n, a) if a else 0.0  # a sentence with no active token is done
-            full += layer_flops(h, intermediate, n, n)
+        active_counts = active.sum(1)
+        alive = active_counts > 0  # a sentence with no active token is done: it costs nothing
+        flops += layer_flops(h, intermediate, real_counts[alive], active_counts[alive])
+        full += layer_flops(h, intermediate, real_counts, real_counts)
         rows = active.any(1).nonzero().flatten()
         hidden[rows] = halted_layer(layer, hidden[rows], mask2d[rows], active[rows])
         where = active.nonzero(as_tuple=True)
@@ -160,7 +164,6 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
         if not bool(active.any()):
             break
     for k in range(k + 1, model.num_stages):  # everyone halted early: the rest of the full model's cost
-        for n in real_counts.tolist():
-            full += layer_flops(h, intermediate, n, n)
+        full += layer_flops(h, intermediate, real_counts, real_counts)
         full += 2.0 * float(mask2d.sum()) * h * num_labels
     return TokenExitResult(logits_out, exit_layer, flops, full, hidden)
