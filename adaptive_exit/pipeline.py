@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import statistics
-import time
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -34,8 +32,9 @@ from .config import Recipe, from_dict, save_resolved
 from .distributed import current_shard
 from .domain import Domain, get_domain
 from .policies import build_policy
+from .timing import median_time
 from .evaluation import LOWER_IS_BETTER, build_report, format_table, rows_from_report, score, write_report
-from .runner import EarlyExitRunner, concat_results
+from .runner import EarlyExitRunner
 from .traces import Trace, record_trace, replay
 from .training import Trainer, seed_everything
 
@@ -199,13 +198,8 @@ class Pipeline:
         results = {}
         for label, spec, mode in (("full", "full", "compact"), ("compact", policy, "compact"), ("batch_sync", policy, "batch-sync")):
             runner = EarlyExitRunner(model, spec, mode=mode)
-            runner.run_batches(batches[:1])  # warm-up
-            seconds = []
-            for _ in range(max(1, ev.timing_repeats)):
-                start = time.perf_counter()
-                results[label] = runner.run_batches(batches)
-                seconds.append(time.perf_counter() - start)
-            timings[f"{label}_seconds"] = statistics.median(seconds)
+            timings[f"{label}_seconds"], results[label] = median_time(
+                lambda: runner.run_batches(batches), ev.timing_repeats, warmup=lambda: runner.run_batches(batches[:1]))
         num = results["full"].exit_stage.shape[0]
         timings["num_samples"] = num
         timings["layer_speedup"] = results["compact"].speedup

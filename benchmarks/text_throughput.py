@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -26,18 +24,13 @@ import torch
 from adaptive_exit.config import load_recipe
 from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.timing import median_time
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def timed(runner: EarlyExitRunner, batches: list, repeats: int):
-    runner.run_batches(batches[:1])  # warm-up
-    seconds, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = runner.run_batches(batches)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
+    return median_time(lambda: runner.run_batches(batches), repeats, warmup=lambda: runner.run_batches(batches[:1]))
 
 
 @torch.no_grad()
@@ -63,13 +56,7 @@ def decision_overhead(model, batches: list, policy: str, repeats: int) -> dict:
     timings = {}
     for name, fn in (("decide", decide), ("select", lambda: model.select(state, keep)),
                      ("full", lambda: all_exit_outputs(model, batch))):
-        fn()
-        samples = []
-        for _ in range(max(5, repeats)):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        timings[name] = statistics.median(samples)
+        timings[name] = median_time(fn, max(5, repeats))[0]
     per_batch = timings["decide"] + (model.num_stages - 1) * timings["select"]
     return {"decisions_s": timings["decide"], "select_s": timings["select"], "per_batch_s": per_batch,
             "full_batch_s": timings["full"], "fraction_of_full": per_batch / timings["full"]}

@@ -9,8 +9,6 @@ and the oracle are replayed from the recorded trace; TOKEE runs the model.
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Sequence
 
@@ -19,6 +17,7 @@ from torch import Tensor
 
 from adaptive_exit.evaluation import oracle_exit_stage
 from adaptive_exit.runner import EarlyExitRunner, pad_cat
+from adaptive_exit.timing import median_time
 from adaptive_exit.traces import Trace, replay
 
 from .conll import IGNORE
@@ -139,13 +138,7 @@ def wall_clock(model, batches: Sequence[dict[str, Tensor]], sentee_policy: str |
     """Median seconds over the batches: full model, SENTEE (compaction) and TOKEE."""
 
     def timed(fn) -> float:
-        fn(batches[:1])  # warm-up
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(batches)
-            seconds.append(time.perf_counter() - start)
-        return statistics.median(seconds)
+        return median_time(lambda: fn(batches), repeats, warmup=lambda: fn(batches[:1]))[0]
 
     with torch.no_grad():
         out = {"full_s": timed(EarlyExitRunner(model, "full").run_batches)}
