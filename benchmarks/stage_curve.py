@@ -1,7 +1,7 @@
 """Does quality rise with stages? Per-stage means and paired-bootstrap 95% intervals of
 the change between adjacent stages (and first -> last), from a run's recorded trace.
 
-    python benchmarks/stage_curve.py --run runs/speech-voicebank-val --metrics pesq si_sdr [--split test]
+    python benchmarks/stage_curve.py --run runs/speech-voicebank --metrics pesq si_sdr [--split test]
 
 Works for any run whose trace has per-sample quality (speech) or targets the oracle can
 score per sample (accuracy, entity_f1, ...). Prints a table and writes
