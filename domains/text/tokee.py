@@ -141,20 +141,20 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
     own = torch.zeros(b, t, device=hidden.device)
     logits_out = torch.zeros(b, t, num_labels, device=hidden.device, dtype=hidden.dtype)
     exit_layer = torch.zeros(b, t, dtype=torch.long, device=hidden.device)
-    flops = full = 0.0
+    head_flops = 2.0 * h * num_labels  # per token
+    full = model.num_stages * (layer_flops(h, intermediate, real_counts, real_counts) + head_flops * float(mask2d.sum()))
+    flops = 0.0
     last = model.num_stages - 1
     for k in range(model.num_stages):
         layer = adapter.layer(k)
         active_counts = active.sum(1)
         alive = active_counts > 0  # a sentence with no active token is done: it costs nothing
         flops += layer_flops(h, intermediate, real_counts[alive], active_counts[alive])
-        full += layer_flops(h, intermediate, real_counts, real_counts)
-        rows = active.any(1).nonzero().flatten()
+        rows = alive.nonzero().flatten()
         hidden[rows] = halted_layer(layer, hidden[rows], mask2d[rows], active[rows])
         where = active.nonzero(as_tuple=True)
         logits = model.classifiers[k](hidden[where])  # (active tokens, C)
-        flops += 2.0 * logits.shape[0] * h * num_labels
-        full += 2.0 * float(mask2d.sum()) * h * num_labels
+        flops += head_flops * logits.shape[0]
         own[where] = normalized_entropy(logits)
         done = halting(own, batch, active, threshold, window) if k < last else active
         halting_now = done[where]
@@ -163,7 +163,4 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
         active = active & ~done
         if not bool(active.any()):
             break
-    for k in range(k + 1, model.num_stages):  # everyone halted early: the rest of the full model's cost
-        full += layer_flops(h, intermediate, real_counts, real_counts)
-        full += 2.0 * float(mask2d.sum()) * h * num_labels
     return TokenExitResult(logits_out, exit_layer, flops, full, hidden)
