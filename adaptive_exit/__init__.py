@@ -3,10 +3,11 @@
 The core (this package) knows nothing about text or audio; domains live in
 ``adaptive_exit.text`` and ``adaptive_exit.speech``.
 """
-from .budget import BudgetSpec, calibrate
+from .budget import BudgetKind, BudgetSpec, BudgetTable, calibrate, register_budget_kind
 from .evaluation import build_report, oracle_exit_stage, sweep, write_report
 from .losses import MultiExitObjective, distillation_loss, exit_weights, weighted_exit_loss
-from .policies import AllOf, AnyOf, Budget, Confidence, ExitPolicy, Never, Oracle, Patience, build_policy
+from .metrics import Metric, get_metric, register_metric
+from .policies import AllOf, AnyOf, Budget, Confidence, ExitPolicy, Never, Oracle, Patience, build_policy, register_policy
 from .runner import EarlyExitRunner
 from .staged import ExitResult, StagedModel, all_exit_outputs, select_rows
 from .traces import Trace, record_trace, replay
@@ -15,8 +16,9 @@ from .training import TrainConfig, Trainer
 __version__ = "0.1.0"
 
 __all__ = [
-    "AllOf", "AnyOf", "Budget", "BudgetSpec", "Confidence", "EarlyExitRunner", "ExitPolicy", "ExitResult",
-    "MultiExitObjective", "Never", "Oracle", "Patience", "StagedModel", "Trace", "TrainConfig", "Trainer",
-    "all_exit_outputs", "build_policy", "build_report", "calibrate", "distillation_loss", "exit_weights",
-    "oracle_exit_stage", "record_trace", "replay", "select_rows", "sweep", "weighted_exit_loss", "write_report",
+    "AllOf", "AnyOf", "Budget", "BudgetKind", "BudgetSpec", "BudgetTable", "Confidence", "EarlyExitRunner", "ExitPolicy",
+    "ExitResult", "Metric", "MultiExitObjective", "Never", "Oracle", "Patience", "StagedModel", "Trace", "TrainConfig",
+    "Trainer", "all_exit_outputs", "build_policy", "build_report", "calibrate", "distillation_loss", "exit_weights",
+    "get_metric", "oracle_exit_stage", "record_trace", "register_budget_kind", "register_metric", "register_policy",
+    "replay", "select_rows", "sweep", "weighted_exit_loss", "write_report",
 ]

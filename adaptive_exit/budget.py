@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -31,91 +33,243 @@ import torch
 from torch import Tensor
 
 from . import io
-from .evaluation import LOWER_IS_BETTER, expand_family, score
 from .policies import Budget, ExitPolicy, build_policy
 from .staged import ExitResult
+from .evaluation import expand_family, metric_for, score
 from .traces import Trace, replay
 
 logger = logging.getLogger(__name__)
 
-BUDGET_KINDS = ("mean", "stages", "max", "flops", "ms", "pNN", "rtf")
-UNIT_OF_KIND = {"mean": "fraction", "max": "fraction", "stages": "stages", "flops": "flops", "ms": "ms", "rtf": "rtf"}
-_SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+class BudgetKind:
+    """One kind of budget: how its value is written, its cost unit and what it limits.
+
+    ``unit`` names the per-sample cost table the kind is measured in (see
+    :mod:`adaptive_exit.costs`: stages, fraction, flops, ms, rtf); ``measure``
+    turns each sample's spent cost (N,) into the achieved figure (a mean, a
+    maximum, a percentile). ``fraction`` kinds take values in (0, 1] of the full
+    model; ``hard_cap`` kinds must hold for every sample (calibration adds a
+    per-sample cap). A new kind is one subclass decorated with
+    :func:`register_budget_kind`.
+    """
+
+    name = ""
+    unit = "fraction"
+    fraction = False
+    hard_cap = False
+    suffixes: dict[str, float] = {}
+    description = ""
+
+    @classmethod
+    def for_name(cls, name: str) -> "BudgetKind | None":
+        """An instance if ``name`` (lower case) is this kind, else None."""
+        return cls() if name == cls.name else None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    def parse_value(self, raw: str) -> float:
+        text = raw.strip().lower()
+        scale = 1.0
+        if text.endswith("%"):
+            text, scale = text[:-1], 0.01
+        else:
+            for suffix, factor in sorted(self.suffixes.items(), key=lambda item: -len(item[0])):
+                if suffix and text.endswith(suffix):
+                    text, scale = text[: -len(suffix)], factor
+                    break
+        value = float(text) * scale  # ValueError for anything that is not a number
+        if not math.isfinite(value):
+            raise ValueError(f"{raw.strip()!r} is not a finite number")
+        return value
+
+    def check(self, value: float) -> None:
+        if value <= 0:
+            raise ValueError("the value must be > 0")
+        if self.fraction and value > 1:
+            raise ValueError(f"{self.label} is a fraction of the full cost, in (0, 1]")
+
+    def measure(self, spent: Tensor) -> float:
+        """The achieved figure from each sample's spent cost in :attr:`unit`."""
+        return float(spent.double().mean())
+
+    def format_value(self, value: float) -> str:
+        return f"{value:g}ms" if self.unit == "ms" else f"{value:g}"
+
+    @property
+    def needs_cost_model(self) -> bool:
+        return self.unit not in ("stages", "fraction")
 
 
-def _number(raw: str, kind: str) -> float:
-    raw = raw.strip().lower()
-    if raw.endswith("%"):
-        return float(raw[:-1]) / 100
-    if kind in ("ms", "p") and raw.endswith("ms"):
-        return float(raw[:-2])
-    if kind == "flops" and raw[-1:] in _SUFFIX:
-        return float(raw[:-1]) * _SUFFIX[raw[-1]]
-    return float(raw)
+_KINDS: list[type[BudgetKind]] = []
+
+
+def register_budget_kind(cls: type[BudgetKind]) -> type[BudgetKind]:
+    """Class decorator: make a :class:`BudgetKind` usable in ``KIND:VALUE`` budgets."""
+    _KINDS.append(cls)
+    return cls
+
+
+def budget_kind(name: str) -> BudgetKind:
+    name = name.strip().lower()
+    for cls in reversed(_KINDS):  # a later registration may refine an earlier one
+        kind = cls.for_name(name)
+        if kind is not None:
+            return kind
+    raise ValueError(f"unknown budget kind {name!r}; known: {', '.join(known_budget_kinds())}")
+
+
+def known_budget_kinds() -> list[str]:
+    return [cls().label if cls.name else cls.description for cls in _KINDS]
+
+
+@register_budget_kind
+class MeanFraction(BudgetKind):
+    """``mean:0.5``: mean cost at most 50% of the full model (in the model's stage costs)."""
+
+    name, unit, fraction = "mean", "fraction", True
+
+
+@register_budget_kind
+class MaxFraction(BudgetKind):
+    """``max:0.5``: every sample at most 50% of the full cost (a hard per-sample cap)."""
+
+    name, unit, fraction, hard_cap = "max", "fraction", True, True
+
+    def measure(self, spent: Tensor) -> float:
+        return float(spent.double().max())
+
+
+@register_budget_kind
+class MeanStages(BudgetKind):
+    """``stages:3``: at most 3 stages used on average."""
+
+    name, unit = "stages", "stages"
+
+
+@register_budget_kind
+class MeanFlops(BudgetKind):
+    """``flops:2.5G``: mean FLOPs per sample (suffixes K, M, G, T)."""
+
+    name, unit = "flops", "flops"
+    suffixes = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+@register_budget_kind
+class MeanLatency(BudgetKind):
+    """``ms:15``: mean latency of one request (one sample at a time), milliseconds."""
+
+    name, unit = "ms", "ms"
+    suffixes = {"ms": 1.0}
+
+
+class PercentileLatency(MeanLatency):
+    """``p95:20ms``: the 95th percentile of the request latency (any pNN, 0 < NN < 100)."""
+
+    name = ""
+    description = "pNN"
+
+    def __init__(self, percentile: int = 95):
+        self.percentile = percentile
+
+    @classmethod
+    def for_name(cls, name):
+        match = re.fullmatch(r"p(\d{1,2})", name)
+        return cls(int(match.group(1))) if match and 0 < int(match.group(1)) < 100 else None
+
+    @property
+    def label(self) -> str:
+        return f"p{self.percentile}"
+
+    def measure(self, spent: Tensor) -> float:
+        return float(torch.quantile(spent.double(), self.percentile / 100))
+
+
+register_budget_kind(PercentileLatency)
+
+
+@register_budget_kind
+class MeanRtf(BudgetKind):
+    """``rtf:0.3``: mean real-time factor per utterance (processing time / audio duration)."""
+
+    name, unit = "rtf", "rtf"
 
 
 @dataclass(frozen=True)
 class BudgetSpec:
+    """A parsed budget ``KIND:VALUE``; ``str()`` writes it back canonically."""
+
     kind: str
     value: float
 
     @classmethod
-    def parse(cls, text: str | "BudgetSpec") -> "BudgetSpec":
+    def parse(cls, text: "str | BudgetSpec") -> "BudgetSpec":
         if isinstance(text, BudgetSpec):
             return text
-        kind, sep, value = str(text).partition(":")
-        kind = kind.strip().lower()
-        percentile = kind.startswith("p") and kind[1:].isdigit() and 0 < int(kind[1:]) < 100
-        if not sep or (kind not in UNIT_OF_KIND and not percentile):
-            raise ValueError(f"bad budget {text!r}: expected KIND:VALUE with KIND one of {BUDGET_KINDS} "
-                             "(e.g. 'mean:0.5', 'p95:20ms', 'rtf:0.3', 'flops:2G')")
-        raw = value.strip()
+        raw_text = str(text)
+        name, sep, raw = raw_text.partition(":")
+        example = "e.g. 'mean:0.5', 'max:0.5', 'stages:3', 'flops:2G', 'ms:15', 'p95:20ms', 'rtf:0.3'"
+        if not sep:
+            hint = ""
+            try:
+                float(raw_text)
+                hint = f" (a bare number: write 'max:{raw_text.strip()}' for a per-sample cap or 'mean:{raw_text.strip()}' for a mean)"
+            except ValueError:
+                pass
+            raise ValueError(f"bad budget {raw_text!r}: expected KIND:VALUE{hint}; {example}")
         try:
-            number = _number(raw, "p" if percentile else kind)
+            kind = budget_kind(name)
+        except ValueError as exc:
+            raise ValueError(f"bad budget {raw_text!r}: {exc}") from None
+        try:
+            value = kind.parse_value(raw)
         except ValueError:
-            raise ValueError(f"bad budget {text!r}: {raw!r} is not a number") from None
-        if number <= 0:
-            raise ValueError(f"bad budget {text!r}: the value must be > 0")
-        if kind in ("mean", "max") and number > 1:
-            raise ValueError(f"bad budget {text!r}: {kind} is a fraction of the full cost, in (0, 1]")
-        return cls(kind, number)
+            raise ValueError(f"bad budget {raw_text!r}: the value {raw.strip()!r} is not a finite number") from None
+        try:
+            kind.check(value)
+        except ValueError as exc:
+            raise ValueError(f"bad budget {raw_text!r}: {exc}") from None
+        return cls(kind.label, value)
+
+    @property
+    def kind_of(self) -> BudgetKind:
+        return budget_kind(self.kind)
 
     @property
     def unit(self) -> str:
         """The cost unit this budget is measured in (see :mod:`adaptive_exit.costs`)."""
-        return UNIT_OF_KIND.get(self.kind, "ms")
+        return self.kind_of.unit
 
     @property
     def needs_cost_model(self) -> bool:
-        return self.unit in ("flops", "ms", "rtf")
+        return self.kind_of.needs_cost_model
 
-    def achieved(self, result: ExitResult, costs: Tensor | None = None) -> float:
-        """The quantity this budget limits, measured on a result.
+    def spent(self, result: ExitResult, costs: Tensor | None = None) -> Tensor:
+        """(N,) each sample's cost in :attr:`unit` at its exit stage.
 
         ``costs``: the (N, L) cumulative per-sample cost table in :attr:`unit`,
-        required by cost-model budgets.
+        required by cost-model budgets (FLOPs, ms, pNN, RTF).
         """
-        if self.kind == "stages":
-            return result.mean_stages
-        if self.kind == "max":
-            return float(result.cost.max()) / result.full_cost
-        if self.kind == "mean":
-            return result.cost_fraction
         if costs is None:
+            if self.unit == "stages":
+                return result.stages_used.double().cpu()
+            if self.unit == "fraction":
+                return result.cost.double().cpu() / result.full_cost
             raise ValueError(f"budget {self} needs per-sample costs in {self.unit} from a cost model")
         if costs.shape[0] != result.exit_stage.shape[0]:
             raise ValueError(f"cost table has {costs.shape[0]} samples, the result {result.exit_stage.shape[0]}")
-        spent = costs[torch.arange(costs.shape[0]), result.exit_stage.cpu()].double()
-        if self.kind.startswith("p") and self.kind not in UNIT_OF_KIND:
-            return float(torch.quantile(spent, int(self.kind[1:]) / 100))
-        return float(spent.mean())
+        return costs[torch.arange(costs.shape[0]), result.exit_stage.cpu()].double()
+
+    def achieved(self, result: ExitResult, costs: Tensor | None = None) -> float:
+        """The quantity this budget limits, measured on a result."""
+        return self.kind_of.measure(self.spent(result, costs))
 
     def met(self, result: ExitResult, costs: Tensor | None = None, tolerance: float = 1e-9) -> bool:
         return self.achieved(result, costs) <= self.value * (1 + tolerance)
 
     def __str__(self) -> str:
-        suffix = "ms" if self.unit == "ms" else ""
-        return f"{self.kind}:{self.value:g}{suffix}"
+        return f"{self.kind}:{self.kind_of.format_value(self.value)}"
 
 
 @dataclass
@@ -142,8 +296,8 @@ def _summary(trace: Trace, result: ExitResult, budget: BudgetSpec, metric: str, 
     }
 
 
-def candidate_policies(families: dict[str, Iterable[Any]]) -> list[str]:
-    return [spec for family, values in families.items() for spec, _ in expand_family(family, values)]
+def candidate_policies(families: dict[str, Iterable[Any]]) -> list[ExitPolicy]:
+    return [build_policy(spec) for family, values in families.items() for spec, _ in expand_family(family, values)]
 
 
 def calibrate(
@@ -161,31 +315,37 @@ def calibrate(
     budgets measured by a cost model (FLOPs, ms, pNN, RTF).
     """
     budget = BudgetSpec.parse(budget)
+    kind = budget.kind_of
     if trace.num_samples == 0:
         raise ValueError("cannot calibrate on an empty trace")
     policies = [build_policy(c) for c in candidates]
-    if budget.kind == "max":
+    if kind.hard_cap:
         cap = Budget(max_fraction=budget.value)
         policies = [p | cap for p in policies] + [cap]
-    elif not (budget.kind == "mean" and budget.value >= 1):
+    elif not (kind.fraction and budget.value >= 1):
         # Capped variants (and the caps alone: static truncation) widen the search so that a
-        # tight budget gets the best capped policy instead of no answer: for a mean fraction
-        # the cap at that fraction always fits; for other units every depth is offered.
-        caps = [Budget(max_fraction=budget.value)] if budget.kind == "mean" else \
+        # tight budget gets the best capped policy instead of no answer: for a fraction of the
+        # full model the cap at that fraction always fits; for other units every depth is offered.
+        caps = [Budget(max_fraction=budget.value)] if kind.fraction else \
             [Budget(max_stages=k) for k in range(1, trace.num_stages)]
         policies = policies + [p | cap for p in policies for cap in caps] + caps
     if not policies:
         raise ValueError("calibration needs at least one candidate policy")
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    quality = metric_for(trace, metric)
     best: tuple | None = None
     for policy in policies:
         result = replay(trace, policy)
         if not budget.met(result, costs):
             continue
-        key = (sign * score(trace, result.exit_stage, metric), -result.cost_fraction)
+        value = score(trace, result.exit_stage, metric)
+        key = (quality.key(value), -result.cost_fraction)
         if best is None or key > best[0]:
             best = (key, policy, result)
     if best is None:
+        one_stage = budget.achieved(replay(trace, Budget(max_stages=1)), costs)
+        if one_stage > budget.value:
+            raise ValueError(f"budget {budget} is below what this model can do: even one stage per sample costs "
+                             f"{one_stage:.4g} {budget.unit}. Raise the budget or use a cheaper model/device.")
         cheapest = min(policies, key=lambda p: budget.achieved(replay(trace, p), costs))
         raise ValueError(
             f"no candidate policy meets budget {budget} on the calibration data; the cheapest "
@@ -227,34 +387,40 @@ class BudgetTable:
     budgets without reloading or recalibrating (a device under load drops from 70%
     to 40% of the full model).
 
-    ``policy_for(budget)``: the policy calibrated for exactly that budget; otherwise
-    the one calibrated for the largest budget of the same kind that does not exceed
-    it; otherwise, for fractions of the full model, the hard cap alone
-    (``budget:max_fraction=F``), which holds for every sample.
+    :meth:`policy_for` is the one place a budget becomes a policy: the policy
+    calibrated for exactly that budget; otherwise the one calibrated for the
+    largest budget of the same kind that does not exceed it; otherwise, for
+    fractions of the full model, a per-sample hard cap at that fraction (on the
+    default policy when one is given: ``default | budget:max_fraction=F``), which
+    holds for every sample; otherwise a clear error.
     """
 
-    def __init__(self, entries: dict[str, str] | None = None):
-        self.entries: dict[BudgetSpec, str] = {}
+    def __init__(self, entries: dict[str, str | ExitPolicy] | None = None):
+        self.entries: dict[BudgetSpec, ExitPolicy] = {}
         for budget, policy in (entries or {}).items():
             self.add(budget, policy)  # parses and validates both
 
-    def add(self, budget: str | BudgetSpec, policy: str) -> None:
-        self.entries[BudgetSpec.parse(budget)] = build_policy(policy).spec()
+    def add(self, budget: str | BudgetSpec, policy: str | dict | ExitPolicy) -> None:
+        self.entries[BudgetSpec.parse(budget)] = build_policy(policy)
 
-    def policy_for(self, budget: str | BudgetSpec) -> str:
+    def policy_for(self, budget: str | BudgetSpec, default: ExitPolicy | str | None = None) -> ExitPolicy:
         budget = BudgetSpec.parse(budget)
         if budget in self.entries:
             return self.entries[budget]
         fitting = [b for b in self.entries if b.kind == budget.kind and b.value <= budget.value]
         if fitting:
             return self.entries[max(fitting, key=lambda b: b.value)]
-        if budget.kind in ("mean", "max"):
-            return Budget(max_fraction=budget.value).spec()
+        if budget.kind_of.fraction:
+            if budget.value >= 1:
+                return build_policy(default) if default is not None else build_policy("full")
+            cap = Budget(max_fraction=budget.value)
+            return build_policy(default) | cap if default is not None else cap
         known = ", ".join(str(b) for b in sorted(self.entries, key=str)) or "none"
         raise ValueError(f"no calibrated policy fits budget {budget} (calibrated: {known}); run calibrate for it")
 
     def to_dict(self) -> dict[str, str]:
-        return {str(b): p for b, p in sorted(self.entries.items(), key=lambda item: (item[0].kind, item[0].value))}
+        ordered = sorted(self.entries.items(), key=lambda item: (item[0].kind, item[0].value))
+        return {str(b): p.spec() for b, p in ordered}
 
     def save(self, model_dir: str | Path) -> Path:
         path = Path(model_dir) / BUDGET_TABLE_FILE
@@ -268,23 +434,31 @@ class BudgetTable:
         if not path.exists():
             return cls()
         try:
-            return cls(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, AttributeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            return cls(data)
+        except (ValueError, AttributeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not a valid budget table ({exc}); re-run calibrate") from exc
 
+    @classmethod
+    def update(cls, model_dir: str | Path, entries: dict[str | BudgetSpec, str | ExitPolicy]) -> "BudgetTable":
+        """Add entries to the model folder's table under a file lock (concurrent
+        calibrations of one model keep every entry) and return the merged table."""
+        with io.locked(Path(model_dir) / BUDGET_TABLE_FILE):
+            table = cls.load(model_dir)
+            for budget, policy in entries.items():
+                table.add(budget, policy)
+            table.save(model_dir)
+        return table
 
-def resolve_policy(model_dir: str | Path, default_policy: str, policy: str | None = None, budget: str | None = None) -> str:
-    """The policy a CLI should run: ``policy`` if given; for ``budget`` a bare fraction
-    (``0.5``) caps the default policy per sample, a budget spec (``mean:0.4``) picks from
-    the model's calibrated budget table; otherwise the model's default."""
+
+def policy_for_request(model_dir: str | Path, default: ExitPolicy, policy: str | None = None,
+                       budget: str | None = None) -> ExitPolicy:
+    """What a command runs: ``policy`` if given, else the model's budget table's choice
+    for ``budget``, else the model's default policy."""
     if policy:
-        return policy
+        return build_policy(policy)
     if budget is None:
-        return default_policy
-    try:
-        fraction = float(budget)
-    except ValueError:
-        return BudgetTable.load(model_dir).policy_for(budget)
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--budget {budget}: a bare number is a fraction of the full model in (0, 1]")
-    return f"{default_policy} | budget:max_fraction={fraction}"
+        return default
+    return BudgetTable.load(model_dir).policy_for(budget, default)

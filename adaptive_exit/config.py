@@ -5,7 +5,9 @@ values are type-checked against the dataclass field types.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -51,6 +53,7 @@ class Recipe:
     domain: str
     run_dir: str = "runs/default"
     seed: int = 0
+    plugins: list = field(default_factory=list)  # modules imported first: your own policies, budget kinds, metrics
     model: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -77,7 +80,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set ``a.b.c=value`` entries (value parsed as YAML) on a nested dict copy."""
-    data = _deep_copy(data)
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -108,14 +111,6 @@ def _numeric(value: Any) -> Any:
         except ValueError:
             return value
     return value
-
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data
 
 
 # --------------------------------------------------------------------------- validation
@@ -182,8 +177,24 @@ def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Load, override and validate a recipe. Returns (Recipe, resolved dict)."""
     data = apply_overrides(load_yaml(path), overrides or [])
+    import_plugins(data.get("plugins"), str(path))
     recipe = from_dict(Recipe, data, source=str(path))
     return recipe, recipe_to_dict(recipe)
+
+
+def import_plugins(modules: Any, source: str = "") -> None:
+    """Import the modules a recipe names under ``plugins:`` (they register policies,
+    budget kinds, metrics or domains as they are imported)."""
+    where = f" in {source}" if source else ""
+    if modules is None:
+        return
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"'plugins'{where} must be a list of module names, got {modules!r}")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's module is a config problem
+            raise ConfigError(f"plugins{where}: cannot import {name!r} ({type(exc).__name__}: {exc})") from None
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -31,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import io
 from .staged import StagedModel, stage_costs
+from .timing import median_time
 
 UNITS = ("stages", "fraction", "flops", "ms", "rtf")
 
@@ -39,11 +38,6 @@ def _device(model: StagedModel) -> torch.device:
     """Where the model's parameters live (CPU for a parameter-free model)."""
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     return param.device if param is not None else torch.device("cpu")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -66,24 +60,28 @@ def count_stage_flops(model: StagedModel, batch: Any) -> list[float]:
 
 @torch.no_grad()
 def time_stages(model: StagedModel, batch: Any, repeats: int = 10, warmup: int = 2) -> list[float]:
-    """Median milliseconds of each stage (with its exit head) on ``batch``."""
+    """Median milliseconds of each stage (with its exit head) on ``batch``; the
+    front end (``begin``) is charged to the first stage. Each stage is timed on the
+    state the previous one produced."""
     device = _device(model)
-    samples: list[list[float]] = [[] for _ in range(model.num_stages)]
-    for r in range(warmup + repeats):
-        _sync(device)
-        start = time.perf_counter()
-        state = model.begin(batch)
-        _sync(device)
-        begin = time.perf_counter() - start
-        for k in range(model.num_stages):
-            start = time.perf_counter()
-            state = model.run_stage(k, state)
-            model.exit_output(k, state)
-            _sync(device)
-            elapsed = time.perf_counter() - start + (begin if k == 0 else 0.0)
-            if r >= warmup:
-                samples[k].append(elapsed * 1000.0)
-    return [statistics.median(s) for s in samples]
+    inputs = [model.begin(batch)]
+    for k in range(model.num_stages - 1):
+        inputs.append(model.run_stage(k, _copy(inputs[-1])))
+
+    def stage(k: int) -> None:
+        state = model.run_stage(k, _copy(inputs[k]))
+        model.exit_output(k, state)
+
+    def timed(fn: Callable[[], object]) -> float:
+        return 1000.0 * median_time(fn, repeats, warmup=lambda: [fn() for _ in range(max(1, warmup))], device=device)[0]
+
+    begin = timed(lambda: model.begin(batch))
+    return [timed(lambda k=k: stage(k)) + (begin if k == 0 else 0.0) for k in range(model.num_stages)]
+
+
+def _copy(state: Any) -> Any:
+    """A shallow copy, so a stage that writes into its state dict leaves the stored input intact."""
+    return dict(state) if isinstance(state, dict) else state
 
 
 class CostModel:

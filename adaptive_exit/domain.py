@@ -7,37 +7,69 @@ a domain. Extra domain commands (``predict``, ``enhance``) come through the
 """
 from __future__ import annotations
 
+import dataclasses
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
+from . import io
+from .config import from_dict
 from .losses import MultiExitObjective
+from .policies import ExitPolicy, build_policy
 from .training import TrainConfig
 
 
 class Domain:
-    """Base class for a domain. Subclasses fill in the model, data and loss."""
+    """Base class for a domain. Subclasses fill in the model, data and loss.
+
+    ``adaptive_exit/toy.py`` is the template: a config dataclass for the recipe's
+    ``model:`` and ``data:`` sections, an ``nn.Module`` StagedModel built as
+    ``model_class(model_cfg)`` that keeps its config as ``model.config``, and the
+    data/loss methods below. With that, saving and loading (safetensors weights +
+    ``config.json`` holding the model config and the default policy) come for free;
+    a domain with its own format (text: Hugging Face ``save_pretrained``) overrides
+    :meth:`save_model` / :meth:`load_model` / :meth:`set_default_policy`.
+    """
 
     name: str = "domain"
     model_config: type = dict  # a dataclass validating the recipe's ``model:`` section
     data_config: type = dict  # a dataclass validating the recipe's ``data:`` section
+    model_class: type | None = None  # built as model_class(model_cfg); keeps it as model.config
 
     # -- model
     def build_model(self, model_cfg: Any, data_cfg: Any) -> nn.Module:
-        raise NotImplementedError
+        if self.model_class is None:
+            raise NotImplementedError(f"domain {self.name!r} sets no model_class and does not override build_model")
+        return self.model_class(model_cfg)
 
-    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
-        raise NotImplementedError
+    def save_model(self, model: nn.Module, path: str | Path, policy: ExitPolicy | str) -> None:
+        """Weights and config (with the default policy's canonical spec), each written atomically."""
+        io.save_model_folder(path, model, {"domain": self.name, "model": dataclasses.asdict(model.config),
+                                           "default_policy": build_policy(policy).spec()})
 
-    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
-        """Return (model, default policy spec)."""
-        raise NotImplementedError
+    def load_model(self, path: str | Path) -> tuple[nn.Module, ExitPolicy]:
+        """Return (model in eval mode, its default policy); ValueError naming the folder
+        for anything unreadable."""
+        meta, weights = io.read_model_folder(path)
+        source = str(Path(path) / "config.json")
+        if meta.get("domain", self.name) != self.name:
+            raise ValueError(f"{path} holds a {meta.get('domain')!r} model, not a {self.name!r} one")
+        cfg = from_dict(self.model_config, self.upgrade_config(dict(meta.get("model") or {})), "model", source)
+        try:
+            model = self.build_model(cfg, None)
+            model.load_state_dict(weights)
+        except Exception as exc:  # noqa: BLE001 - shape mismatches, missing keys, ...
+            raise ValueError(f"cannot load {self.name} model from {path}: {exc}") from exc
+        return model.eval(), saved_policy(meta.get("default_policy", "full"), source)
 
-    def set_default_policy(self, path: str | Path, policy: str) -> None:
-        model, _ = self.load_model(path)
-        self.save_model(model, path, policy)
+    def upgrade_config(self, saved: dict) -> dict:
+        """Fill keys that older saved configs lack (override when a field's default changed)."""
+        return saved
+
+    def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
+        io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
 
     # -- data
     def load_split(self, data_cfg: Any, split: str, seed: int) -> Sequence[Any]:
@@ -83,8 +115,13 @@ class Domain:
         """Fills the targets of shorter batches in a trace (e.g. an ignore index)."""
         return 0.0
 
-    def batch_size_of(self, batch: Any) -> int:
-        raise NotImplementedError
+
+def saved_policy(spec: Any, source: str) -> ExitPolicy:
+    """The default policy stored in a model folder, parsed once; errors name the file."""
+    try:
+        return build_policy(spec)
+    except ValueError as exc:
+        raise ValueError(f"{source}: default_policy: {exc}") from None
 
 
 _REGISTRY: dict[str, Domain] = {}

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from . import io
+from .metrics import Metric, get_metric, is_registered, known_metrics
 from .policies import Budget, ExitPolicy, build_policy
 from .staged import ExitResult
 from .traces import Trace, replay
@@ -20,67 +21,17 @@ from .traces import Trace, replay
 logger = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- metrics
+# --------------------------------------------------------------------------- scoring traces
 
-def accuracy(outputs: Tensor, targets: Tensor) -> float:
-    return float((outputs.argmax(-1) == targets).double().mean())
-
-
-def _as_values(outputs: Tensor) -> Tensor:
-    return outputs.reshape(outputs.shape[0], -1)[:, 0].double()
-
-
-def mse(outputs: Tensor, targets: Tensor) -> float:
-    return float((_as_values(outputs) - targets.double().reshape(-1)).pow(2).mean())
-
-
-def pearson(outputs: Tensor, targets: Tensor) -> float:
-    x, y = _as_values(outputs), targets.double().reshape(-1)
-    x, y = x - x.mean(), y - y.mean()
-    den = x.norm() * y.norm()
-    return float((x * y).sum() / den) if den > 0 else float("nan")
-
-
-def _ranks(x: Tensor) -> Tensor:
-    """Average ranks (ties share their mean rank), as scipy.stats.rankdata."""
-    order = torch.argsort(x, stable=True)
-    sorted_x = x[order]
-    ranks = torch.empty_like(x)
-    i, n = 0, x.numel()
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return ranks
-
-
-def spearman(outputs: Tensor, targets: Tensor) -> float:
-    x, y = _as_values(outputs), targets.double().reshape(-1)
-    return pearson(_ranks(x).unsqueeze(1), _ranks(y))
-
-
-METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "accuracy": accuracy,
-    "mse": mse,
-    "pearson": pearson,
-    "spearman": spearman,
-}
-LOWER_IS_BETTER = {"mse"}
-PerSampleFn = Callable[[Tensor, Tensor], Tensor]
-PER_SAMPLE: dict[str, PerSampleFn] = {}
-
-
-def register_metric(name: str, fn: Callable[[Tensor, Tensor], float], per_sample: PerSampleFn | None = None,
-                    lower_is_better: bool = False) -> None:
-    """Add a corpus metric ``fn(outputs, targets) -> float`` that recipes can name
-    (domains register theirs, e.g. entity F1). ``per_sample(outputs (N, L, ...),
-    targets) -> (N, L)``, higher is better, lets the oracle pick a stage per sample."""
-    METRICS[name] = fn
-    if per_sample is not None:
-        PER_SAMPLE[name] = per_sample
-    (LOWER_IS_BETTER.add if lower_is_better else LOWER_IS_BETTER.discard)(name)
+def metric_for(trace: Trace, name: str) -> Metric:
+    """The registered metric ``name``; a quality stored in the trace under a name nobody
+    registered counts as higher-is-better."""
+    if is_registered(name):
+        return get_metric(name)
+    if name in trace.quality:
+        return Metric(name, stored=True)
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join(known_metrics())}"
+                     + (f" and the trace's stored quality {sorted(trace.quality)}" if trace.quality else ""))
 
 
 def score(trace: Trace, exit_stage: Tensor, metric: str) -> float:
@@ -93,26 +44,29 @@ def score(trace: Trace, exit_stage: Tensor, metric: str) -> float:
         values = trace.quality[metric][torch.arange(trace.num_samples), exit_stage]
         valid = ~torch.isnan(values)
         return float(values[valid].mean()) if bool(valid.any()) else float("nan")
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {sorted(METRICS)} and trace quality {sorted(trace.quality)}")
+    found = metric_for(trace, metric)
+    if found.compute is None:
+        raise ValueError(f"metric {metric!r} is stored per sample by its domain, and this trace does not hold it")
     if trace.targets is None:
         raise ValueError(f"metric {metric!r} needs targets, and the trace has none")
-    return METRICS[metric](trace.stage_output(exit_stage), trace.targets)
+    return found.compute(trace.stage_output(exit_stage), trace.targets)
 
 
 def per_sample_quality(trace: Trace, metric: str) -> Tensor:
-    """(N, L) per-sample quality, higher is better; used for the oracle."""
+    """(N, L) per-sample quality, higher is better; used for the oracle. A metric
+    without a per-sample form is refused (an oracle built on a proxy it does not
+    declare could score below the full model)."""
     if metric in trace.quality:
         q = trace.quality[metric].double()
+        q = q if metric_for(trace, metric).higher_is_better else -q
         return torch.nan_to_num(q, nan=-math.inf)
+    found = metric_for(trace, metric)
+    if found.per_sample is None:
+        raise ValueError(f"metric {metric!r} has no per-sample form, so the oracle cannot pick a stage per sample "
+                         "by it; register it with per_sample=... or put another metric first in eval.metrics")
     if trace.targets is None:
         raise ValueError("the oracle needs targets or per-stage quality in the trace")
-    if metric in PER_SAMPLE:
-        return PER_SAMPLE[metric](trace.outputs, trace.targets).double()
-    if metric == "accuracy":
-        return (trace.outputs.argmax(-1) == trace.targets.unsqueeze(1)).reshape(trace.num_samples, trace.num_stages, -1).double().mean(-1)
-    values = trace.outputs.reshape(trace.num_samples, trace.num_stages, -1)[..., 0].double()
-    return -(values - trace.targets.double().reshape(-1, 1)).pow(2)
+    return found.per_sample(trace.outputs, trace.targets).double()
 
 
 def oracle_exit_stage(trace: Trace, metric: str) -> Tensor:
@@ -195,29 +149,21 @@ def oracle_row(trace: Trace, metrics: Sequence[str], primary: str) -> Row:
     return make_row(trace, result, "oracle", "oracle", None, metrics)
 
 
-def mark_pareto(rows: list[Row], primary: str) -> list[Row]:
+def mark_pareto(rows: list[Row], metric: Metric) -> list[Row]:
     """Mark rows not dominated in (quality, speed-up); returns the front, by speed-up."""
-    sign = -1.0 if primary in LOWER_IS_BETTER else 1.0
-    candidates = [r for r in rows if r.family != "oracle" and not math.isnan(r.metrics[primary])]
+    candidates = [r for r in rows if r.family != "oracle" and not math.isnan(r.metrics[metric.name])]
     front = []
     for row in candidates:
-        q = sign * row.metrics[primary]
+        q = metric.key(row.metrics[metric.name])
         dominated = any(
-            (sign * o.metrics[primary] >= q and o.speedup >= row.speedup)
-            and (sign * o.metrics[primary] > q or o.speedup > row.speedup)
+            (metric.key(o.metrics[metric.name]) >= q and o.speedup >= row.speedup)
+            and (metric.key(o.metrics[metric.name]) > q or o.speedup > row.speedup)
             for o in candidates
         )
         row.pareto = not dominated
         if row.pareto:
             front.append(row)
     return sorted(front, key=lambda r: r.speedup)
-
-
-def best_within(rows: list[Row], primary: str, reference: float, max_drop: float) -> Row | None:
-    """The fastest row whose quality is within ``max_drop`` of ``reference``."""
-    sign = -1.0 if primary in LOWER_IS_BETTER else 1.0
-    ok = [r for r in rows if r.family not in ("oracle", "static") and sign * (reference - r.metrics[primary]) <= max_drop]
-    return max(ok, key=lambda r: (r.speedup, sign * r.metrics[primary])) if ok else None
 
 
 # --------------------------------------------------------------------------- report
@@ -233,7 +179,7 @@ def build_report(trace: Trace, sweeps: dict[str, Iterable[Any]], metrics: Sequen
     statics = static_rows(trace, metrics)
     rows.extend(statics)
     rows.append(oracle_row(trace, metrics, primary))
-    front = mark_pareto(rows, primary)
+    front = mark_pareto(rows, metric_for(trace, primary))
     full = statics[-1]
     return {
         "primary_metric": primary,

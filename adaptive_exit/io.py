@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written file behind."""
+"""Atomic file writes and locks: a crash mid-write never leaves a half-written file
+behind, and concurrent read-modify-write updates of one file never lose an entry.
+
+Files are created with the permissions of an ordinary ``open()`` (0666 minus the
+user's umask) even though they are written to a private temporary name first.
+"""
 from __future__ import annotations
 
 import json
@@ -12,6 +17,17 @@ from typing import Any, Callable, Iterator
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_default(path: str | os.PathLike, directory: bool = False) -> None:
+    """What open()/mkdir() would have given: 0666/0777 minus the umask (mkstemp uses 0600)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
@@ -21,10 +37,44 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            _chmod_default(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def locked(path: str | os.PathLike, timeout: float = 120.0) -> Iterator[None]:
+    """Hold an exclusive lock for ``path`` (a ``.lock`` file beside it) across processes:
+    wrap a read-modify-write of a shared file in it."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")), timeout=timeout)
+    try:
+        with lock:
+            yield
+    except Timeout:
+        raise TimeoutError(f"another process has held the lock on {path} for over {timeout:.0f} s") from None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
+    """Delete ``.NAME.*.tmp`` files left in ``folder`` by writes that were killed; returns
+    how many. Only call it where no other process is writing ``name``."""
+    removed = 0
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        try:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -37,10 +87,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def update_json(path: str | os.PathLike, **changes: Any) -> None:
-    """Set top-level keys of a JSON file, atomically."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    data.update(changes)
-    write_json(path, data)
+    """Set top-level keys of a JSON file, atomically and under a lock."""
+    with locked(path):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data.update(changes)
+        write_json(path, data)
 
 
 def save_model_folder(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -87,6 +138,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _chmod_default(tmp, directory=True)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")

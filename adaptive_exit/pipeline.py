@@ -31,12 +31,12 @@ from .costs import CostModel, sample_costs
 from .config import Recipe, from_dict, save_resolved
 from .distributed import current_shard
 from .domain import Domain, get_domain
-from .policies import build_policy
+from .policies import ExitPolicy, build_policy
 from .timing import median_time
-from .evaluation import LOWER_IS_BETTER, build_report, format_table, rows_from_report, score, write_report
+from .evaluation import build_report, format_table, metric_for, rows_from_report, score, write_report
 from .runner import EarlyExitRunner
 from .traces import Trace, record_trace, replay
-from .training import Trainer, seed_everything
+from .training import Trainer, set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +55,15 @@ class Pipeline:
         self.model_dir = self.run_dir / "model"
         self.shard = current_shard()
         self._cost_tables: dict[tuple[str, str], Tensor] = {}
-        try:
-            build_policy(recipe.eval.policy)
+        try:  # parsed once: the model saves this object's canonical spec
+            self.policy: ExitPolicy = build_policy(recipe.eval.policy)
         except ValueError as exc:
             raise ValueError(f"eval.policy: {exc}") from None
-        if recipe.calibrate.budget:
-            BudgetSpec.parse(recipe.calibrate.budget)
+        try:
+            self.budget = BudgetSpec.parse(recipe.calibrate.budget) if recipe.calibrate.budget else None
+            self.levels = [BudgetSpec.parse(b) for b in recipe.calibrate.levels]
+        except ValueError as exc:
+            raise ValueError(f"calibrate: {exc}") from None
 
     # ------------------------------------------------------------------ helpers
 
@@ -81,7 +84,7 @@ class Pipeline:
 
     def train(self):
         save_resolved(self.recipe, self.run_dir)
-        seed_everything(self.recipe.seed)
+        set_seed(self.recipe.seed)
         model = self.domain.build_model(self.model_cfg, self.data_cfg)
         train_data = self.domain.load_split(self.data_cfg, "train", self.recipe.seed)
         trainer = Trainer(
@@ -106,14 +109,10 @@ class Pipeline:
         if self.recipe.train.keep_best:
             logger.warning("train.keep_best: no validation score was a number; saving the last model")
         if self.shard.is_main:
-            self.domain.save_model(model, self.model_dir, self._policy_text())
+            self.domain.save_model(model, self.model_dir, self.policy)
             logger.info("model saved to %s", self.model_dir)
         self.shard.barrier()
         return model
-
-    def _policy_text(self) -> str:
-        policy = self.recipe.eval.policy
-        return policy if isinstance(policy, str) else json.dumps(policy)
 
     def _validation(self, model) -> Callable[[Any], dict[str, float]] | None:
         """With ``train.eval_every``: score every exit on ``train.eval_split`` under the
@@ -125,6 +124,7 @@ class Pipeline:
         metrics = list(self.recipe.eval.metrics)
         if cfg.keep_best and cfg.keep_best not in metrics:
             raise ValueError(f"train.keep_best={cfg.keep_best!r} must be one of eval.metrics {metrics}")
+        keep_best_metric = None
         batches = self.batches(model, cfg.eval_split, self.recipe.eval.batch_size)
         best_path = self.run_dir / BEST_FILE
 
@@ -137,12 +137,13 @@ class Pipeline:
                 stage = torch.full((trace.num_samples,), k, dtype=torch.long)
                 values.update({f"{cfg.eval_split}_{m}_exit_{k + 1}": score(trace, stage, m) for m in metrics})
             if cfg.keep_best:
+                nonlocal keep_best_metric
+                keep_best_metric = keep_best_metric or metric_for(trace, cfg.keep_best)
                 value = values[f"{cfg.eval_split}_{cfg.keep_best}_exit_{trace.num_stages}"]
-                best = json.loads(best_path.read_text())["value"] if best_path.exists() else None
-                sign = -1.0 if cfg.keep_best in LOWER_IS_BETTER else 1.0
-                if not math.isnan(value) and (best is None or sign * value > sign * best):
+                best = json.loads(best_path.read_text())["value"] if best_path.exists() else math.nan
+                if keep_best_metric.better(value, best):
                     if self.shard.is_main:
-                        self.domain.save_model(raw, self.model_dir, self._policy_text())
+                        self.domain.save_model(raw, self.model_dir, self.policy)
                         io.write_text(best_path, json.dumps({"metric": cfg.keep_best, "split": cfg.eval_split, "value": value}))
                     self.shard.barrier()
             return values
@@ -186,15 +187,15 @@ class Pipeline:
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
         return report
 
-    def time_policy(self, policy: str | None = None) -> dict[str, Any]:
+    def time_policy(self, policy: ExitPolicy | str | None = None) -> dict[str, Any]:
         """Wall-clock of the full model, the policy with compaction and in batch-sync
         mode, at ``eval.timing_batch_size``; checks that both modes give the same
         exits as trace replay."""
         ev = self.recipe.eval
         model, default_policy = self.load_model()
-        policy = policy or default_policy
+        policy = build_policy(policy) if policy is not None else default_policy
         batches = list(self.batches(model, ev.split, ev.timing_batch_size))  # collate once, outside the clock
-        timings: dict[str, Any] = {"batch_size": ev.timing_batch_size, "policy": policy, "threads": torch.get_num_threads()}
+        timings: dict[str, Any] = {"batch_size": ev.timing_batch_size, "policy": policy.spec(), "threads": torch.get_num_threads()}
         results = {}
         for label, spec, mode in (("full", "full", "compact"), ("compact", policy, "compact"), ("batch_sync", policy, "batch-sync")):
             runner = EarlyExitRunner(model, spec, mode=mode)
@@ -268,20 +269,16 @@ class Pipeline:
         model's budget table for switching at run time. The main process writes; other
         ranks return None."""
         cal = self.recipe.calibrate
-        budget = budget or cal.budget
-        if not budget:
+        budget = BudgetSpec.parse(budget) if budget else self.budget
+        if budget is None:
             raise ValueError("no budget given: set calibrate.budget in the recipe or pass --budget (e.g. mean:0.5)")
-        budget = BudgetSpec.parse(budget)
-        levels = [BudgetSpec.parse(b) for b in [*cal.levels, *levels]]
+        levels = [*self.levels, *(BudgetSpec.parse(b) for b in levels)]
         trace = self.load_trace(cal.split)
         if not self.shard.is_main:
             return None
         results = {str(b): self.calibrate_on(trace, b) for b in [*levels, budget]}
         main = results[str(budget)]
-        table = BudgetTable.load(self.model_dir)
-        for name, result in results.items():
-            table.add(name, result.policy)
-        table.save(self.model_dir)
+        BudgetTable.update(self.model_dir, {name: result.policy for name, result in results.items()})
         self.domain.set_default_policy(self.model_dir, main.policy)
         report = main.to_dict()
         if levels:
@@ -306,7 +303,7 @@ class Pipeline:
     def run(self) -> dict[str, Any] | None:
         self.train()
         report = self.evaluate()
-        calibration = self.calibrate() if self.recipe.calibrate.budget else None
+        calibration = self.calibrate() if self.budget else None
         if report is not None and calibration is not None:
             report["calibration"] = calibration
             io.write_json(self.run_dir / "results.json", report)

@@ -9,12 +9,22 @@ a replay over recorded traces gives exactly the runner's decisions.
 
 The last stage always exits; the runner enforces that, not the policies.
 
-Build policies from short specs (``"patience:2"``, ``"entropy:0.3"``,
-``"patience:2 | budget:4"``) or dicts with :func:`build_policy`.
+Policies are parsed once, from a spec string or a dict, by :func:`build_policy`,
+and written back by ``policy.spec()``, a canonical string that
+``build_policy`` turns into an equal policy (files store it). Grammar::
+
+    policy := term ('|' term)*          either says stop
+    term   := factor ('&' factor)*      both say stop ('&' binds tighter)
+    factor := '(' policy ')' | NAME [':' args]
+    args   := arg (',' arg)*,  arg := VALUE | KEY '=' VALUE
+
+A new policy is one class in one file: subclass :class:`ExitPolicy`, give it a
+``name`` and decorate it with :func:`register_policy`.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,13 +37,22 @@ PolicyState = dict[str, Any]
 
 
 class ExitPolicy:
-    """Base class. Subclasses implement ``_init`` and ``step``."""
+    """Base class. Subclasses implement ``step`` and ``spec`` (and ``_init`` for state).
+
+    ``name`` (and optional ``aliases``) is what specs call the policy; registered
+    classes are built from ``NAME:args`` by :meth:`from_spec`.
+    """
 
     name = "policy"
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def from_spec(cls, name: str, args: list, kwargs: dict) -> "ExitPolicy":
+        """Build from a parsed spec atom; ``name`` is the alias that was used."""
+        return cls(*args, **kwargs)
 
     def init(self, batch_size: int, stage_costs: Sequence[float], device: torch.device | str = "cpu") -> PolicyState:
-        state = self._init(batch_size, list(stage_costs), torch.device(device))
-        return state
+        return self._init(batch_size, list(stage_costs), torch.device(device))
 
     def _init(self, batch_size: int, stage_costs: list[float], device: torch.device) -> PolicyState:
         return {}
@@ -45,7 +64,7 @@ class ExitPolicy:
         return select_rows(state, keep)
 
     def spec(self) -> str:
-        """A string that :func:`build_policy` turns back into this policy."""
+        """The canonical string that :func:`build_policy` turns back into this policy."""
         raise NotImplementedError
 
     def __or__(self, other: "ExitPolicy") -> "AnyOf":
@@ -57,6 +76,9 @@ class ExitPolicy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec()!r})"
 
+    def __str__(self) -> str:
+        return self.spec()
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ExitPolicy) and self.spec() == other.spec()
 
@@ -64,7 +86,30 @@ class ExitPolicy:
         return hash(self.spec())
 
 
+_REGISTRY: dict[str, type[ExitPolicy]] = {}
+
+
+def register_policy(cls: type[ExitPolicy]) -> type[ExitPolicy]:
+    """Class decorator: make ``cls.name`` (and ``cls.aliases``) usable in specs."""
+    for key in (cls.name, *cls.aliases):
+        key = _normal_name(key)
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"policy name {key!r} is already registered by {_REGISTRY[key].__name__}")
+        _REGISTRY[key] = cls
+    return cls
+
+
+def known_policies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _normal_name(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
 def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -72,6 +117,14 @@ def _number(value: Any, what: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return number
+
+
+def _integer(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- distances
@@ -108,8 +161,17 @@ DISTANCES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def entropy(logits: Tensor, normalized: bool = False) -> Tensor:
+    """Entropy in nats of softmax(logits) over the last dimension (float64);
+    ``normalized`` divides by log(num_classes), giving a value in [0, 1]."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    value = -(logp.exp() * logp).sum(dim=-1)
+    return value / math.log(logits.shape[-1]) if normalized else value
+
+
 # --------------------------------------------------------------------------- policies
 
+@register_policy
 class Patience(ExitPolicy):
     """PABEE's patience rule.
 
@@ -124,8 +186,7 @@ class Patience(ExitPolicy):
     name = "patience"
 
     def __init__(self, patience: int, threshold: float | None = None, distance: str | None = None):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        patience = _integer(patience, "patience", 0)
         if distance is not None and threshold is None:
             raise ValueError("patience: a distance needs a threshold (e.g. 'patience:2,threshold=0.05,distance=relative')")
         if threshold is not None:
@@ -166,6 +227,7 @@ class Patience(ExitPolicy):
 CONFIDENCE_MEASURES = ("max_prob", "entropy", "normalized_entropy")
 
 
+@register_policy
 class Confidence(ExitPolicy):
     """Exit when the prediction is confident enough (DeeBERT, FastBERT).
 
@@ -173,38 +235,49 @@ class Confidence(ExitPolicy):
     ``entropy``: exit when the entropy (nats) <= threshold.
     ``normalized_entropy``: entropy / log(num_classes) <= threshold.
     For outputs with positions (tokens), the least confident position decides.
+    Specs: ``max_prob:0.9``, ``entropy:0.3``, ``normalized_entropy:0.2``.
     """
 
     name = "confidence"
+    aliases = CONFIDENCE_MEASURES
+
+    @classmethod
+    def from_spec(cls, name, args, kwargs):
+        if name in CONFIDENCE_MEASURES:
+            if "measure" in kwargs:
+                raise ValueError(f"{name!r} names its measure already; drop measure=")
+            kwargs = {**kwargs, "measure": name}
+        return cls(*args, **kwargs)
 
     def __init__(self, threshold: float, measure: str = "max_prob"):
         if measure not in CONFIDENCE_MEASURES:
             raise ValueError(f"unknown confidence measure {measure!r}; known: {list(CONFIDENCE_MEASURES)}")
-        threshold = _number(threshold, "confidence threshold")
+        threshold = _number(threshold, f"{measure} threshold")
         if threshold < 0:
-            raise ValueError(f"confidence threshold must be a finite number >= 0, got {threshold!r}")
+            raise ValueError(f"{measure} threshold must be a finite number >= 0, got {threshold!r}")
         if measure == "max_prob" and threshold > 1:
             raise ValueError(f"max_prob threshold must be in [0, 1], got {threshold}")
         self.threshold = threshold
         self.measure = measure
 
+    def score(self, output: Tensor) -> Tensor:
+        """(B,) the measure of each sample (the least confident position for tokens)."""
+        batch = output.shape[0]
+        if self.measure == "max_prob":
+            return torch.softmax(output.double(), dim=-1).amax(dim=-1).reshape(batch, -1).amin(dim=1)
+        return entropy(output, normalized=self.measure == "normalized_entropy").reshape(batch, -1).amax(dim=1)
+
     def step(self, k, output, state):
         if output.shape[-1] < 2:
             raise ValueError("confidence policies need class logits (last dimension >= 2); use patience with a threshold for regression")
-        logp = torch.log_softmax(output.double(), dim=-1)
-        batch = output.shape[0]
-        if self.measure == "max_prob":
-            score = logp.amax(dim=-1).exp().reshape(batch, -1).amin(dim=1)
-            return score >= self.threshold
-        entropy = -(logp.exp() * logp).sum(dim=-1)
-        if self.measure == "normalized_entropy":
-            entropy = entropy / math.log(output.shape[-1])
-        return entropy.reshape(batch, -1).amax(dim=1) <= self.threshold
+        score = self.score(output)
+        return score >= self.threshold if self.measure == "max_prob" else score <= self.threshold
 
     def spec(self):
         return f"{self.measure}:{self.threshold:g}"
 
 
+@register_policy
 class Budget(ExitPolicy):
     """A hard cap: exit once ``max_stages`` stages ran, or before the next stage
     would push the cumulative cost past ``max_cost`` (model cost units) or past
@@ -215,8 +288,8 @@ class Budget(ExitPolicy):
     def __init__(self, max_stages: int | None = None, max_cost: float | None = None, max_fraction: float | None = None):
         if max_stages is None and max_cost is None and max_fraction is None:
             raise ValueError("budget needs max_stages, max_cost or max_fraction")
-        if max_stages is not None and (isinstance(max_stages, bool) or not isinstance(max_stages, int) or max_stages < 1):
-            raise ValueError(f"budget max_stages must be an integer >= 1, got {max_stages!r}")
+        if max_stages is not None:
+            max_stages = _integer(max_stages, "budget max_stages", 1)
         for label, value in (("max_cost", max_cost), ("max_fraction", max_fraction)):
             if value is not None and not _number(value, f"budget {label}") > 0:
                 raise ValueError(f"budget {label} must be > 0, got {value!r}")
@@ -259,10 +332,12 @@ class Budget(ExitPolicy):
         return "budget:" + ",".join(parts)
 
 
+@register_policy
 class Never(ExitPolicy):
     """Never exit early: the full model."""
 
     name = "full"
+    aliases = ("never", "none")
 
     def step(self, k, output, state):
         return torch.zeros(output.shape[0], dtype=torch.bool, device=output.device)
@@ -271,15 +346,21 @@ class Never(ExitPolicy):
         return "full"
 
 
+@register_policy
 class Oracle(ExitPolicy):
     """Exit at the earliest stage whose output is right (evaluation only).
 
     ``targets`` are the batch's targets in its original row order. For class
     logits "right" means argmax == target; with ``tolerance`` it means
     ``|output - target| <= tolerance`` for every element (regression).
+    It cannot be written in a spec: it needs the targets.
     """
 
     name = "oracle"
+
+    @classmethod
+    def from_spec(cls, name, args, kwargs):
+        raise ValueError("the oracle needs targets: build Oracle(targets) in code (evaluation only)")
 
     def __init__(self, targets: Tensor, tolerance: float | None = None):
         self.targets = torch.as_tensor(targets)
@@ -303,13 +384,24 @@ class Oracle(ExitPolicy):
 
 
 class _Composite(ExitPolicy):
+    """Children step at every stage (so their state stays current); ``combine`` joins
+    their decisions and ``symbol`` writes the spec."""
+
+    symbol = ""
+
     def __init__(self, policies: Sequence[ExitPolicy]):
         if len(policies) < 2:
             raise ValueError("a composition needs at least two policies")
         flat: list[ExitPolicy] = []
         for policy in policies:
+            if not isinstance(policy, ExitPolicy):
+                raise ValueError(f"a composition takes policies, got {type(policy).__name__}")
             flat.extend(policy.policies if type(policy) is type(self) else [policy])
         self.policies = flat
+
+    @staticmethod
+    def combine(a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def _init(self, batch_size, stage_costs, device):
         return {"children": [p.init(batch_size, stage_costs, device) for p in self.policies]}
@@ -317,46 +409,44 @@ class _Composite(ExitPolicy):
     def select(self, state, keep):
         return {"children": [p.select(s, keep) for p, s in zip(self.policies, state["children"])]}
 
-    def _decisions(self, k, output, state) -> list[Tensor]:
-        # Every child steps at every stage so that its state stays current.
-        return [p.step(k, output, s) for p, s in zip(self.policies, state["children"])]
-
-
-class AnyOf(_Composite):
-    """Exit when any child policy says so (``a | b``)."""
-
-    name = "any"
-
     def step(self, k, output, state):
-        decisions = self._decisions(k, output, state)
+        decisions = [p.step(k, output, s) for p, s in zip(self.policies, state["children"])]
         done = decisions[0]
         for other in decisions[1:]:
-            done = done | other
+            done = self.combine(done, other)
         return done
 
     def spec(self):
+        parts = [f"({p.spec()})" if isinstance(p, _Composite) else p.spec() for p in self.policies]
+        return f" {self.symbol} ".join(parts)
+
+
+@register_policy
+class AnyOf(_Composite):
+    """Exit when any child policy says so (``a | b``; dict ``{"type": "any", "policies": [...]}``)."""
+
+    name = "any"
+    symbol = "|"
+    combine = staticmethod(torch.logical_or)
+
+    def spec(self):
+        # '|' binds loosest: its children never need parentheses unless they are '|' too (flattened)
         return " | ".join(p.spec() for p in self.policies)
 
 
+@register_policy
 class AllOf(_Composite):
-    """Exit when every child policy says so (``a & b``)."""
+    """Exit when every child policy says so (``a & b``; dict ``{"type": "all", ...}``)."""
 
     name = "all"
-
-    def step(self, k, output, state):
-        decisions = self._decisions(k, output, state)
-        done = decisions[0]
-        for other in decisions[1:]:
-            done = done & other
-        return done
-
-    def spec(self):
-        if any(isinstance(p, AnyOf) for p in self.policies):
-            raise ValueError("a spec string cannot express '&' over '|'; use a dict spec")
-        return " & ".join(p.spec() for p in self.policies)
+    symbol = "&"
+    combine = staticmethod(torch.logical_and)
 
 
-# --------------------------------------------------------------------------- building from specs
+# --------------------------------------------------------------------------- parsing
+
+_TOKEN = re.compile(r"\s*(\(|\)|\||&|[^()|&]+)")
+
 
 def _parse_value(text: str) -> Any:
     try:
@@ -365,12 +455,15 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _parse_atom(text: str) -> ExitPolicy:
+def _atom(text: str) -> ExitPolicy:
     text = text.strip()
     if not text:
         raise ValueError("empty policy spec")
     name, _, rest = text.partition(":")
-    name = name.strip().lower().replace("-", "_")
+    name = _normal_name(name)
+    if name not in _REGISTRY or name in ("any", "all"):
+        known = ", ".join(n for n in known_policies() if n not in ("any", "all"))
+        raise ValueError(f"unknown policy {name!r}; known: {known} (combine with | and &)")
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in rest.split(","))):
@@ -378,61 +471,101 @@ def _parse_atom(text: str) -> ExitPolicy:
             key, _, value = part.partition("=")
             kwargs[key.strip()] = _parse_value(value.strip())
         else:
+            if kwargs:
+                raise ValueError(f"bad arguments in policy spec {text!r}: a positional value after key=value")
             args.append(_parse_value(part))
     try:
-        return _build(name, args, kwargs)
+        return _REGISTRY[name].from_spec(name, args, kwargs)
     except TypeError as exc:
         raise ValueError(f"bad arguments in policy spec {text!r}: {exc}") from None
 
 
-def _build(name: str, args: list, kwargs: dict) -> ExitPolicy:
-    if name == "patience":
-        return Patience(*args, **kwargs)
-    if name in CONFIDENCE_MEASURES:
-        return Confidence(*args, measure=name, **kwargs)
-    if name == "confidence":
-        return Confidence(*args, **kwargs)
-    if name == "budget":
-        return Budget(*args, **kwargs)
-    if name in ("full", "never", "none"):
-        return Never(*args, **kwargs)
-    if name == "oracle":
-        raise ValueError("the oracle needs targets: build Oracle(targets) in code (evaluation only)")
-    raise ValueError(
-        f"unknown policy {name!r}; known: patience, confidence, max_prob, entropy, normalized_entropy, budget, full"
-    )
+class _Parser:
+    """Recursive descent over the grammar in the module docstring."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = [t.strip() for t in _TOKEN.findall(text) if t.strip()]
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> str:
+        token = self.peek()
+        if token is None:
+            raise ValueError(f"policy spec {self.text!r} ends too early")
+        self.pos += 1
+        return token
+
+    def parse(self) -> ExitPolicy:
+        if not self.tokens:
+            raise ValueError("empty policy spec")
+        policy = self.either()
+        if self.peek() is not None:
+            raise ValueError(f"unexpected {self.peek()!r} in policy spec {self.text!r}")
+        return policy
+
+    def either(self) -> ExitPolicy:
+        return self._joined("|", self.both, AnyOf)
+
+    def both(self) -> ExitPolicy:
+        return self._joined("&", self.factor, AllOf)
+
+    def _joined(self, symbol: str, operand: Callable[[], ExitPolicy], combine: type) -> ExitPolicy:
+        parts = [operand()]
+        while self.peek() == symbol:
+            self.take()
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else combine(parts)
+
+    def factor(self) -> ExitPolicy:
+        token = self.take()
+        if token == "(":
+            inner = self.either()
+            if self.take() != ")":
+                raise ValueError(f"missing ')' in policy spec {self.text!r}")
+            return inner
+        if token in (")", "|", "&"):
+            raise ValueError(f"unexpected {token!r} in policy spec {self.text!r}")
+        return _atom(token)
+
+
+def _from_dict(spec: dict) -> ExitPolicy:
+    spec = dict(spec)
+    kind = _normal_name(str(spec.pop("type", "")))
+    if not kind:
+        raise ValueError(f"policy dict needs a 'type' key, got {spec!r}")
+    if kind in ("any", "all"):
+        children = spec.pop("policies", None)
+        if not isinstance(children, list):
+            raise ValueError(f"policy {kind!r} needs a list under 'policies'")
+        if spec:
+            raise ValueError(f"unknown keys for policy {kind!r}: {sorted(spec)}")
+        return _REGISTRY[kind]([build_policy(child) for child in children])
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown policy {kind!r}; known: {', '.join(known_policies())}")
+    try:
+        return _REGISTRY[kind].from_spec(kind, [], spec)
+    except TypeError as exc:
+        raise ValueError(f"bad keys for policy {kind!r}: {exc}") from None
 
 
 def build_policy(spec: str | dict | ExitPolicy) -> ExitPolicy:
-    """Build a policy from a spec string, a dict, or return a policy unchanged.
+    """Parse a spec string or dict into an :class:`ExitPolicy` (a policy is returned as is).
 
     Strings: ``"patience:2"``, ``"patience:2,threshold=0.05,distance=relative"``,
     ``"max_prob:0.9"``, ``"entropy:0.3"``, ``"normalized_entropy:0.2"``,
     ``"budget:4"``, ``"budget:max_fraction=0.5"``, ``"full"``; combine with ``|``
-    (either) and ``&`` (both; binds tighter).
+    (either), ``&`` (both; binds tighter) and parentheses.
     Dicts: ``{"type": "confidence", "measure": "entropy", "threshold": 0.3}``,
     ``{"type": "any", "policies": [...]}``.
+    Errors are ``ValueError`` with a one-line message.
     """
     if isinstance(spec, ExitPolicy):
         return spec
     if isinstance(spec, dict):
-        spec = dict(spec)
-        kind = str(spec.pop("type", "")).lower()
-        if not kind:
-            raise ValueError(f"policy dict needs a 'type' key, got {spec!r}")
-        if kind in ("any", "all"):
-            children = [build_policy(child) for child in spec.pop("policies", [])]
-            if spec:
-                raise ValueError(f"unknown keys for policy {kind!r}: {sorted(spec)}")
-            return AnyOf(children) if kind == "any" else AllOf(children)
-        try:
-            return _build(kind, [], spec)
-        except TypeError as exc:
-            raise ValueError(f"bad keys for policy {kind!r}: {exc}") from None
+        return _from_dict(spec)
     if not isinstance(spec, str):
         raise ValueError(f"a policy spec must be a string or dict, got {type(spec).__name__}")
-    alternatives = []
-    for alternative in spec.split("|"):
-        terms = [_parse_atom(term) for term in alternative.split("&")]
-        alternatives.append(terms[0] if len(terms) == 1 else AllOf(terms))
-    return alternatives[0] if len(alternatives) == 1 else AnyOf(alternatives)
+    return _Parser(spec).parse()

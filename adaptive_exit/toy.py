@@ -10,15 +10,13 @@ It is used by the demo recipe, the tests and ``benchmarks/core_runner.py``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import io
 from .domain import Domain
 from .staged import select_rows
 
@@ -131,30 +129,22 @@ def collate_toy(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
 
 
 class ToyDomain(Domain):
+    """The smallest complete domain; copy this class to add one (see README "Extending").
+
+    Saving and loading come from :class:`~adaptive_exit.domain.Domain` because the
+    model is built as ``ToyStagedModel(model_cfg)`` and keeps it as ``model.config``.
+    """
+
     name = "toy"
     model_config = ToyModelConfig
     data_config = ToyDataConfig
+    model_class = ToyStagedModel
     SPLIT_SEEDS = {"train": 1, "dev": 2, "test": 3}
 
-    def build_model(self, model_cfg: ToyModelConfig, data_cfg: ToyDataConfig) -> nn.Module:
-        if model_cfg.input_dim != data_cfg.input_dim or model_cfg.num_classes != data_cfg.num_classes:
+    def build_model(self, model_cfg: ToyModelConfig, data_cfg: ToyDataConfig | None) -> nn.Module:
+        if data_cfg is not None and (model_cfg.input_dim != data_cfg.input_dim or model_cfg.num_classes != data_cfg.num_classes):
             raise ValueError("model.input_dim / model.num_classes must match data.input_dim / data.num_classes")
         return ToyStagedModel(model_cfg)
-
-    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
-        io.save_model_folder(path, model, {"domain": self.name, "model": asdict(model.config), "default_policy": default_policy})
-
-    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
-        meta, weights = io.read_model_folder(path)
-        try:
-            model = ToyStagedModel(ToyModelConfig(**meta["model"]))
-            model.load_state_dict(weights)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"cannot load toy model from {path}: {exc}") from exc
-        return model.eval(), meta.get("default_policy", "full")
-
-    def set_default_policy(self, path: str | Path, policy: str) -> None:
-        io.update_json(Path(path) / "config.json", default_policy=policy)
 
     def load_split(self, data_cfg: ToyDataConfig, split: str, seed: int) -> Sequence[Any]:
         sizes = {"train": data_cfg.train_size, "dev": data_cfg.dev_size, "test": data_cfg.test_size}
@@ -173,9 +163,6 @@ class ToyDomain(Domain):
 
     def targets(self, batch: Any) -> Tensor:
         return batch["labels"]
-
-    def batch_size_of(self, batch: Any) -> int:
-        return batch["x"].shape[0]
 
 
 DOMAIN = ToyDomain()

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-import random
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from . import io
@@ -74,10 +75,11 @@ class TrainConfig:
             raise ValueError(f"train.first_phase_fraction must be in [0, 1], got {self.first_phase_fraction}")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (Accelerate's ``set_seed``; NumPy takes 32 bits)."""
+    from accelerate.utils import set_seed as accelerate_set_seed
+
+    accelerate_set_seed(seed % 2**32)
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -226,7 +228,7 @@ class Trainer:
         cfg = self.config
         if self._global_batches_per_epoch() < 1:
             raise ValueError(f"the training set has {len(self.train_data)} samples, fewer than train.batch_size={cfg.batch_size}")
-        seed_everything(cfg.seed)
+        set_seed(cfg.seed)
         accelerator = make_accelerator(cfg, find_unused_parameters=self.objective.phases > 1)
         rank, world = accelerator.process_index, accelerator.num_processes
         if cfg.batch_size % world:
@@ -249,14 +251,14 @@ class Trainer:
             if phase == 2 and not frozen:
                 self._freeze_for_phase_two(raw)
                 frozen = True
-            seed_everything(cfg.seed * 1_000_003 + step * 101 + rank)
+            set_seed(cfg.seed * 1_000_003 + step * 101 + rank)
             model.train()
             loss_value = 0.0
             for micro in range(cfg.grad_accum):
                 indices = self._batch_indices(step * cfg.grad_accum + micro, rank, world)
-                batch = _to_device(self.collate([self.train_data[i] for i in indices]), accelerator.device)
+                batch = send_to_device(self.collate([self.train_data[i] for i in indices]), accelerator.device)
                 sync = micro == cfg.grad_accum - 1
-                context = accelerator.no_sync(model) if not sync and world > 1 else _nullcontext()
+                context = accelerator.no_sync(model) if not sync and world > 1 else nullcontext()
                 with context, accelerator.autocast():
                     outputs = model(batch)
                     loss = self.objective(outputs, batch, phase) / cfg.grad_accum
@@ -296,14 +298,6 @@ class Trainer:
         return raw
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 class _AllExits(nn.Module):
     """Makes "run every stage" the module's forward, so DDP sees (and syncs) it."""
 
@@ -314,12 +308,3 @@ class _AllExits(nn.Module):
     def forward(self, batch: Any) -> list[torch.Tensor]:
         return all_exit_outputs(self.inner, batch)
 
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch

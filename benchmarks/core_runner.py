@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from adaptive_exit import timing
 from adaptive_exit.policies import ExitPolicy, Patience
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.toy import ToyModelConfig, ToyStagedModel
@@ -99,13 +99,7 @@ class TimedSelect:
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timing.median_time(fn, repeats)[0]
 
 
 def main() -> None:

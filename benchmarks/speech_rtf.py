@@ -25,21 +25,18 @@ from adaptive_exit.budget import BudgetTable
 from adaptive_exit.config import load_recipe
 from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.speech.stft import STFT
+from adaptive_exit.speech.enhance import enhance_waveform
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def enhance_all(runner: EarlyExitRunner, stft: STFT, audio: list[torch.Tensor]) -> tuple[float, float]:
+def enhance_all(runner: EarlyExitRunner, audio: list[torch.Tensor]) -> tuple[float, float]:
     """Seconds to enhance every utterance one by one, and the mean stages used."""
     stages = []
     start = time.perf_counter()
-    with torch.no_grad():
-        for wav in audio:
-            spec, frames = stft.batch([wav])
-            result = runner({"noisy_spec": spec, "frames": frames})
-            stft.waveform(result.output[0, ..., : int(frames[0])], len(wav))
-            stages.append(int(result.exit_stage[0]) + 1)
+    for wav in audio:
+        _, result = enhance_waveform(runner, wav)
+        stages.append(int(result.exit_stage[0]) + 1)
     return time.perf_counter() - start, sum(stages) / len(stages)
 
 
@@ -55,9 +52,8 @@ def main() -> None:
     samples = pipeline.domain.load_split(pipeline.data_cfg, recipe.eval.split, recipe.seed)
     audio = [torch.as_tensor(samples[i]["noisy"]) for i in range(len(samples))]
     seconds_of_audio = sum(len(a) for a in audio) / 16000
-    stft = STFT(compress=model.speech_config.compress)
     points = [(f"static {k}/{model.num_stages}", f"budget:{k}") for k in range(1, model.num_stages + 1)]
-    points.append(("default policy", default_policy))
+    points.append(("default policy", default_policy.spec()))
     points += [(f"calibrated {budget}", policy) for budget, policy in BudgetTable.load(pipeline.model_dir).to_dict().items()]
 
     rows = []
@@ -65,8 +61,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         for label, policy in points:
             runner = EarlyExitRunner(model, policy)
-            enhance_all(runner, stft, audio[:2])  # warm-up
-            runs = [enhance_all(runner, stft, audio) for _ in range(args.repeats)]
+            enhance_all(runner, audio[:2])  # warm-up
+            runs = [enhance_all(runner, audio) for _ in range(args.repeats)]
             seconds = statistics.median(r[0] for r in runs)
             rows.append({"threads": threads, "point": label, "policy": policy, "mean_stages": runs[0][1],
                          "seconds": seconds, "rtf": seconds / seconds_of_audio})

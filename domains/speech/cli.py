@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def register(subparsers) -> None:
@@ -25,18 +24,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Enhance each file; with several launched processes files are sharded by rank,
     each rank writes its own WAVs, and the main process prints all records in order."""
-    from adaptive_exit.budget import resolve_policy
+    from adaptive_exit.budget import policy_for_request
     from adaptive_exit.distributed import map_ordered
     from adaptive_exit.runner import EarlyExitRunner
 
-    from .audio import SAMPLE_RATE, list_audio, read_audio, resample, save_audio
+    from .audio import list_audio, read_audio, resample, save_audio
     from .domain import load_speech_model
-    from .stft import STFT
+    from .enhance import enhance_waveform
 
     model, default_policy = load_speech_model(args.model)
-    policy = resolve_policy(args.model, default_policy, args.policy, args.budget)
-    runner = EarlyExitRunner(model, policy)
-    stft = STFT(compress=model.speech_config.compress)
+    runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
     source = Path(args.input)
     if source.is_dir():
         files = list_audio(source)
@@ -49,21 +46,18 @@ def run(args: argparse.Namespace) -> int:
     def enhance(path: Path) -> dict:
         record: dict = {"input": str(path)}
         try:
-            audio, orig_sr, orig_len = read_audio(path)  # mono 16 kHz, or a clear ValueError
+            audio, orig_sr, orig_len = read_audio(path, model.sample_rate)  # mono at the model rate, or a clear ValueError
             start = time.perf_counter()
-            spec, frames = stft.batch([torch.from_numpy(audio)])
-            with torch.no_grad():
-                result = runner({"noisy_spec": spec, "frames": frames})
-            enhanced = stft.waveform(result.output[0, ..., : int(frames[0])], len(audio)).numpy()
+            enhanced, result = enhance_waveform(runner, audio)
             seconds = time.perf_counter() - start
-            enhanced = resample(enhanced, SAMPLE_RATE, orig_sr)
-            enhanced = _fit_length(enhanced, orig_len)
+            enhanced = _fit_length(resample(enhanced, model.sample_rate, orig_sr), orig_len)
             target = out_dir / (path.stem + ".wav")
             save_audio(target, enhanced, orig_sr)
+            duration = len(audio) / model.sample_rate
             record.update({"output": str(target), "exit_stage": int(result.exit_stage[0]), "stages_used": int(result.exit_stage[0]) + 1,
                            "num_stages": model.num_stages, "cost_fraction": float(result.cost[0]) / result.full_cost,
-                           "duration_s": len(audio) / SAMPLE_RATE, "sample_rate": orig_sr, "processing_s": seconds,
-                           "rtf": seconds / (len(audio) / SAMPLE_RATE)})
+                           "duration_s": duration, "sample_rate": orig_sr, "processing_s": seconds,
+                           "rtf": seconds / duration})
         except (ValueError, FileNotFoundError) as exc:
             record["error"] = str(exc)
         return record

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adaptive_exit import io
 from adaptive_exit.domain import Domain
-from adaptive_exit.losses import MultiExitObjective
-from adaptive_exit.policies import relative_distance
+from adaptive_exit.metrics import Metric, register_metric
+from adaptive_exit.policies import ExitPolicy
 
-from .audio import list_audio
+from .audio import SAMPLE_RATE, list_audio
 from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset
+from .losses import ConvergentObjective, SpectralLoss, intermediate_targets, stage_target_batch
 from .metrics import score
 from .model import EnhancerConfig, ProgressiveEnhancer
 from .stft import STFT
@@ -26,27 +26,10 @@ from .stft import STFT
 logger = logging.getLogger(__name__)
 
 QUALITY_METRICS = ("pesq", "stoi", "estoi", "si_sdr")
-
-
-@dataclass
-class SpeechModelConfig:
-    num_stages: int = 6
-    hidden: int = 128
-    time_kernel: int = 3
-    dilations: list = field(default_factory=lambda: [1, 2, 4])
-    shared: bool = True
-    causal: bool = False
-    output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | refine (on the previous estimate) | mapping
-    compress: float = 0.5
-    loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
-    si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
-    change_weight: float = 0.0  # penalty on each stage's relative change of the previous estimate (convergence regularizer)
-    target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
-
-    def enhancer(self) -> EnhancerConfig:
-        return EnhancerConfig(num_stages=self.num_stages, hidden=self.hidden, time_kernel=self.time_kernel,
-                              dilations=tuple(self.dilations), shared=self.shared, causal=self.causal,
-                              output=self.output)
+_DESCRIPTIONS = {"pesq": "wide-band PESQ (ITU-T P.862.2)", "stoi": "short-time objective intelligibility",
+                 "estoi": "extended STOI", "si_sdr": "scale-invariant signal-to-distortion ratio, dB"}
+for _name in QUALITY_METRICS:  # computed per utterance and stage into the trace (SpeechDomain.quality)
+    register_metric(Metric(_name, stored=True, description=_DESCRIPTIONS[_name]))
 
 
 @dataclass
@@ -93,23 +76,12 @@ def data_root(cfg: SpeechDataConfig) -> Path:
 
 class SpeechDomain(Domain):
     name = "speech"
-    model_config = SpeechModelConfig
+    model_config = EnhancerConfig
     data_config = SpeechDataConfig
+    model_class = ProgressiveEnhancer
 
-    # -- model
-    def build_model(self, model_cfg: SpeechModelConfig, data_cfg: SpeechDataConfig) -> nn.Module:
-        model = ProgressiveEnhancer(model_cfg.enhancer())
-        model.speech_config = model_cfg
-        return model
-
-    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
-        io.save_model_folder(path, model, {"domain": self.name, "model": asdict(model.speech_config), "default_policy": default_policy})
-
-    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
-        return load_speech_model(path)
-
-    def set_default_policy(self, path: str | Path, policy: str) -> None:
-        io.update_json(Path(path) / "config.json", default_policy=policy)
+    def upgrade_config(self, saved: dict) -> dict:
+        return {"output": "mapping", **saved}  # folders saved before `output` existed used plain mapping
 
     # -- data
     def load_split(self, data_cfg: SpeechDataConfig, split: str, seed: int) -> Sequence[Any]:
@@ -138,23 +110,22 @@ class SpeechDomain(Domain):
         return MixtureDataset(files, noise, size, split_seed, data_cfg.seconds, snr, **augment)
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
-        cfg = model.speech_config
-        stft = STFT(compress=cfg.compress)
-        batch = SpeechCollator(stft)(samples)
+        cfg = model.config
+        batch = SpeechCollator(model.stft)(samples)
         batch["compress"] = cfg.compress
         if cfg.target_snr_step_db and "clean_wav" in batch:
-            batch["stage_targets"] = intermediate_targets(batch, stft, cfg.num_stages, cfg.target_snr_step_db)
+            batch["stage_targets"] = intermediate_targets(batch, model.stft, cfg.num_stages, cfg.target_snr_step_db)
         return batch
 
     # -- training / evaluation
     def objective(self, train_cfg, model: nn.Module | None = None):
-        cfg = model.speech_config if model is not None else SpeechModelConfig()
+        cfg = model.config if model is not None else EnhancerConfig()
         loss = SpectralLoss(cfg.loss_alpha, cfg.si_sdr_weight, cfg.compress)
         return ConvergentObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
                                    exit_batch=stage_target_batch, change_weight=cfg.change_weight)
 
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
-        return SpectralLoss()(output, batch)
+        return SpectralLoss(compress=batch.get("compress", 0.5))(output, batch)
 
     def quality(self, outputs: Tensor, batch: Any) -> dict[str, Tensor]:
         """PESQ, STOI, ESTOI and SI-SDR of every stage's waveform for every utterance."""
@@ -173,120 +144,24 @@ class SpeechDomain(Domain):
     def targets(self, batch: Any) -> None:
         return None
 
-    def batch_size_of(self, batch: Any) -> int:
-        return batch["noisy_spec"].shape[0]
-
     def input_sizes(self, batch: Any) -> Tensor:
         return batch["frames"]
 
     def durations(self, batch: Any) -> Tensor:
-        return batch["lengths"].double() / 16000
+        return batch["lengths"].double() / SAMPLE_RATE
 
     def report_extras(self, samples: Sequence[Any]) -> dict[str, Any]:
         """The noisy input's scores on the evaluation split (the baseline to beat)."""
         rows = [score(item["clean"], item["noisy"], metrics=QUALITY_METRICS) for item in samples]
         noisy = {m: float(np.nanmean([r[m] for r in rows])) for m in QUALITY_METRICS}
         failed = {m: int(sum(math.isnan(r[m]) for r in rows)) for m in QUALITY_METRICS}
-        seconds = float(sum(len(item["noisy"]) for item in samples)) / 16000
+        seconds = float(sum(len(item["noisy"]) for item in samples)) / SAMPLE_RATE
         return {"noisy_input": noisy, "unscored_utterances": failed, "num_utterances": len(rows), "audio_seconds": seconds}
 
 
-def intermediate_targets(batch: dict[str, Any], stft: STFT, num_stages: int, step_db: float) -> list[dict[str, Any]]:
-    """Progressive-learning targets (as PL-CRN): stage q (1-based) of Q learns
-    clean + (noisy - clean) * 10^(-q * step_db / 20), a mixture q * step_db dB cleaner
-    than the input; stage Q learns the clean speech. Each entry replaces the batch's
-    ``clean_spec`` / ``clean_wav`` for that stage's loss."""
-    if step_db < 0:
-        raise ValueError(f"model.target_snr_step_db must be >= 0, got {step_db}")
-    targets = []
-    for q in range(1, num_stages):
-        gain = 10 ** (-q * step_db / 20)
-        wavs = [c + gain * (n - c) for c, n in zip(batch["clean_wav"], batch["noisy_wav"])]
-        targets.append({"clean_spec": stft.batch(wavs)[0], "clean_wav": wavs})
-    targets.append({"clean_spec": batch["clean_spec"], "clean_wav": batch["clean_wav"]})
-    return targets
-
-
-def stage_target_batch(batch: dict[str, Any], k: int, num_exits: int) -> dict[str, Any]:
-    """The batch exit k (0-based) is scored against: its intermediate target when the
-    collator made them, otherwise the clean speech."""
-    if "stage_targets" not in batch:
-        return batch
-    return {**batch, **batch["stage_targets"][k]}
-
-
-class ConvergentObjective(MultiExitObjective):
-    """The multi-exit spectral objective plus ``change_weight`` times the mean relative
-    change each stage makes to the previous (detached) estimate, ||S_q - S_q-1||^2 /
-    ||S_q-1||^2 over each utterance's own frames: the exit rule's own distance. A stage
-    then changes an estimate only where the change pays for itself in the loss, so
-    successive outputs converge where later stages have little to add."""
-
-    def __init__(self, *args, change_weight: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        if change_weight < 0:
-            raise ValueError(f"model.change_weight must be >= 0, got {change_weight}")
-        self.change_weight = change_weight
-
-    def __call__(self, outputs: Sequence[Tensor], batch: Any, phase: int = 1) -> Tensor:
-        loss = super().__call__(outputs, batch, phase)
-        if not self.change_weight or len(outputs) < 2 or (self.scheme != "joint" and phase == 1):
-            return loss
-        changes = torch.stack([relative_distance(prev.detach(), cur) for prev, cur in zip(outputs[:-1], outputs[1:])])
-        changes = torch.where(torch.isfinite(changes), changes, torch.zeros_like(changes))  # a silent estimate has no relative change
-        return loss + self.change_weight * changes.mean().to(loss.dtype)
-
-
-class SpectralLoss:
-    """alpha * complex MSE + (1 - alpha) * magnitude MSE over real frames of compressed
-    spectra, minus an optional SI-SDR term (dB / 100) on the waveform."""
-
-    def __init__(self, alpha: float = 0.5, si_sdr_weight: float = 0.0, compress: float = 0.5):
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"loss_alpha must be in [0, 1], got {alpha}")
-        self.alpha, self.si_sdr_weight, self.compress = alpha, si_sdr_weight, compress
-
-    def __call__(self, output: Tensor, batch: Any) -> Tensor:
-        target = batch["clean_spec"]
-        mask = _frame_mask(batch["frames"], output.shape[-1], output.device)
-        bins = mask.sum() * output.shape[2]
-        complex_err = ((output - target) ** 2 * mask).sum() / (2 * bins)
-        magnitude = lambda s: torch.sqrt(s[:, 0] ** 2 + s[:, 1] ** 2 + 1e-8)  # noqa: E731
-        magnitude_err = ((magnitude(output) - magnitude(target)) ** 2 * mask[:, 0]).sum() / bins
-        loss = self.alpha * complex_err + (1 - self.alpha) * magnitude_err
-        if self.si_sdr_weight:
-            loss = loss - self.si_sdr_weight * _batch_si_sdr(output, batch, self.compress) / 100.0
-        return loss
-
-
-def _frame_mask(frames: Tensor, total: int, device) -> Tensor:
-    mask = torch.arange(total, device=device)[None, :] < frames.to(device)[:, None]
-    return mask[:, None, None, :].float()
-
-
-def _batch_si_sdr(output: Tensor, batch: Any, compress: float) -> Tensor:
-    stft = STFT(compress=compress)
-    values = []
-    for i in range(output.shape[0]):
-        frames, length = int(batch["frames"][i]), int(batch["lengths"][i])
-        est = stft.waveform(output[i, ..., :frames], length)
-        ref = batch["clean_wav"][i].to(est.device)
-        ref, est = ref - ref.mean(), est - est.mean()
-        target = (est @ ref) / (ref @ ref + 1e-8) * ref
-        values.append(10 * torch.log10((target @ target + 1e-8) / ((est - target) @ (est - target) + 1e-8)))
-    return torch.stack(values).mean()
-
-
-def load_speech_model(path: str | Path) -> tuple[ProgressiveEnhancer, str]:
-    meta, weights = io.read_model_folder(path)
-    try:
-        cfg = SpeechModelConfig(**{"output": "mapping", **meta["model"]})  # folders saved before `output` existed
-        model = ProgressiveEnhancer(cfg.enhancer())
-        model.load_state_dict(weights)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"cannot load speech model from {path}: {exc}") from exc
-    model.speech_config = cfg
-    return model.eval(), meta.get("default_policy", "full")
+def load_speech_model(path: str | Path) -> tuple[ProgressiveEnhancer, ExitPolicy]:
+    """A saved speech model (eval mode) and its default policy."""
+    return DOMAIN.load_model(path)
 
 
 DOMAIN = SpeechDomain()

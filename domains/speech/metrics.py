@@ -10,20 +10,27 @@ import logging
 import math
 
 import numpy as np
+import torch
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
 MIN_SECONDS = 0.25
-def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """Scale-invariant SDR in dB (Le Roux et al. 2019), zero-mean signals."""
-    reference = reference.astype(np.float64) - reference.mean()
-    estimate = estimate.astype(np.float64) - estimate.mean()
-    energy = np.dot(reference, reference)
-    if energy <= 0:
-        return math.nan
-    target = np.dot(estimate, reference) / energy * reference
+
+
+def si_sdr(reference: Tensor | np.ndarray, estimate: Tensor | np.ndarray, eps: float = 0.0) -> Tensor:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019) of zero-meaned signals over the
+    last dimension; differentiable. ``eps`` > 0 keeps it finite for training losses;
+    with 0, a silent reference gives NaN. NumPy input is scored in float64."""
+    reference, estimate = torch.as_tensor(reference), torch.as_tensor(estimate)
+    if reference.dtype != torch.float64 and not (reference.requires_grad or estimate.requires_grad):
+        reference, estimate = reference.double(), estimate.double()
+    reference = reference - reference.mean(-1, keepdim=True)
+    estimate = estimate - estimate.mean(-1, keepdim=True)
+    energy = (reference * reference).sum(-1, keepdim=True)
+    target = (estimate * reference).sum(-1, keepdim=True) / (energy + eps) * reference
     noise = estimate - target
-    return float(10 * np.log10(np.dot(target, target) / max(np.dot(noise, noise), 1e-20)))
+    return 10 * torch.log10(((target * target).sum(-1) + eps) / ((noise * noise).sum(-1) + eps).clamp_min(1e-20))
 
 
 def _unscorable(reference: np.ndarray, estimate: np.ndarray, sr: int) -> str | None:
@@ -56,7 +63,7 @@ def score(reference: np.ndarray, estimate: np.ndarray, sr: int = 16000, metrics:
 
 def _one(metric: str, reference: np.ndarray, estimate: np.ndarray, sr: int) -> float:
     if metric == "si_sdr":
-        return si_sdr(reference, estimate)
+        return float(si_sdr(reference, estimate))
     if metric == "pesq_nb":
         from pesq import pesq
 

@@ -20,7 +20,7 @@ convolution's own zero padding of a lone utterance.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,24 +28,49 @@ from torch import Tensor, nn
 
 from adaptive_exit.staged import select_rows
 
+from .audio import SAMPLE_RATE
+from .stft import STFT
+
+
+OUTPUT_FORMS = ("masked-mapping", "mapping", "refine")
+
 
 @dataclass
 class EnhancerConfig:
+    """The model and its training loss (a recipe's ``model:`` section); saved with the weights."""
+
     num_stages: int = 6
     hidden: int = 128  # features per frame
-    freq_bins: int = 161
     time_kernel: int = 3
-    dilations: tuple = (1, 2, 4)
+    dilations: list = field(default_factory=lambda: [1, 2, 4])
     shared: bool = True
     causal: bool = False
-    output: str = "masked-mapping"  # masked-mapping | mapping | refine
+    output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | refine (on the previous estimate) | mapping
+    compress: float = 0.5  # power-law compression of spectrum magnitudes
+    loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
+    si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
+    change_weight: float = 0.0  # penalty on each stage's relative change of the previous estimate (convergence regularizer)
+    target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
 
     def __post_init__(self):
         if self.output not in OUTPUT_FORMS:
             raise ValueError(f"model.output must be one of {OUTPUT_FORMS}, got {self.output!r}")
+        if self.num_stages < 1 or self.hidden < 1 or self.time_kernel < 1:
+            raise ValueError(f"model.num_stages, hidden and time_kernel must be >= 1, got "
+                             f"{self.num_stages}, {self.hidden}, {self.time_kernel}")
+        if not self.dilations or any(not isinstance(d, int) or d < 1 for d in self.dilations):
+            raise ValueError(f"model.dilations must be a non-empty list of integers >= 1, got {self.dilations}")
+        if not 0 < self.compress <= 1:
+            raise ValueError(f"model.compress must be in (0, 1], got {self.compress}")
+        if not 0 <= self.loss_alpha <= 1:
+            raise ValueError(f"model.loss_alpha must be in [0, 1], got {self.loss_alpha}")
+        for name in ("si_sdr_weight", "change_weight", "target_snr_step_db"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
 
-
-OUTPUT_FORMS = ("masked-mapping", "mapping", "refine")
+    @property
+    def freq_bins(self) -> int:
+        return STFT().freq_bins
 
 
 class TimeConv(nn.Module):
@@ -117,11 +142,15 @@ def complex_mask(raw: Tensor, spec: Tensor) -> Tensor:
 
 
 class ProgressiveEnhancer(nn.Module):
-    """Stage-wise complex spectral mapping; see the module docstring."""
+    """Stage-wise complex spectral mapping; see the module docstring. It owns its
+    config (``model.config``), sample rate and STFT front end."""
+
+    sample_rate = SAMPLE_RATE
 
     def __init__(self, cfg: EnhancerConfig):
         super().__init__()
         self.config = cfg
+        self.stft = STFT(compress=cfg.compress)
         self.num_stages = cfg.num_stages
         count = 1 if cfg.shared else cfg.num_stages
         self.stages = nn.ModuleList(Stage(cfg) for _ in range(count))

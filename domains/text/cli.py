@@ -71,7 +71,7 @@ def _jobs(handle: TextIO, batch_size: int) -> Iterator[Job]:
 def run(args: argparse.Namespace) -> int:
     """Stream predictions; under torchrun/accelerate launch the batches are sharded
     across processes and the main process prints every line in input order."""
-    from adaptive_exit.budget import resolve_policy
+    from adaptive_exit.budget import policy_for_request
     from adaptive_exit.distributed import map_ordered
     from adaptive_exit.runner import EarlyExitRunner
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, default_policy = load_text_model(args.model)
-    runner = EarlyExitRunner(model, resolve_policy(args.model, default_policy, args.policy, args.budget))
+    runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
     tagger = model.config.task == "token-classification"
     token_exit = parse_token_exit(args.token_exit) if args.token_exit else None
     if token_exit and not tagger:
@@ -173,11 +173,9 @@ def run_self_sample(args: argparse.Namespace) -> int:
     ``adaptive-exit evaluate OUTPUT/config.yaml`` and the TOKEE benchmark work on it."""
     from pathlib import Path
 
-    import yaml
-
     from adaptive_exit import io
-    from adaptive_exit.config import load_recipe
-    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.config import from_dict, load_recipe, save_resolved
+    from adaptive_exit.domain import get_domain
 
     from .self_sampling import SelfSamplingConfig, self_sampling_finetune
 
@@ -190,18 +188,16 @@ def run_self_sample(args: argparse.Namespace) -> int:
     cfg = SelfSamplingConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                              max_threshold=args.max_threshold, full_fraction=args.full_fraction, seed=args.seed)
     recipe, _ = load_recipe(recipe_path, [f"run_dir={output}"])
-    pipeline = Pipeline(recipe)
-    model, policy = pipeline.domain.load_model(model_dir)
+    domain = get_domain(recipe.domain)
+    data_cfg = from_dict(domain.data_config, recipe.data, "data", str(recipe_path))
+    model, policy = domain.load_model(model_dir)
     if model.config.task != "token-classification":
         raise ValueError(f"self-sample needs a token-classification model; {model_dir} is a {model.config.task} model")
-    samples = pipeline.domain.load_split(pipeline.data_cfg, "train", recipe.seed)
-    history = self_sampling_finetune(model, samples, lambda items: pipeline.domain.collate(model, items), cfg)
-    output.mkdir(parents=True, exist_ok=True)
-    resolved = yaml.safe_load(recipe_path.read_text())
-    resolved["run_dir"] = str(output)
-    io.write_text(output / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    samples = domain.load_split(data_cfg, "train", recipe.seed)
+    history = self_sampling_finetune(model, samples, lambda items: domain.collate(model, items), cfg)
+    save_resolved(recipe, output)
     io.write_json(output / "self_sampling.json", {"from": str(model_dir), **vars(cfg), "windows": list(cfg.windows),
                                                   "history": history})
-    pipeline.domain.save_model(model, output / "model", policy)
+    domain.save_model(model, output / "model", policy)
     print(json.dumps({"model": str(output / "model"), "steps": cfg.steps, "final_loss": history[-1]["loss"]}))
     return 0

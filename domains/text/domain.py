@@ -11,7 +11,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from adaptive_exit import io
 from adaptive_exit.domain import Domain
+from adaptive_exit.losses import MultiExitObjective
+from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .conll import IGNORE, TokenCollator, read_conll
 from .data import TextCollator, get_task, load_hf_split, read_glue_tsv
@@ -89,23 +92,19 @@ class TextDomain(Domain):
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model
 
-    def save_model(self, model: nn.Module, path: str | Path, default_policy: str) -> None:
-        from adaptive_exit import io
-
-        model.set_policy(default_policy)
+    def save_model(self, model: nn.Module, path: str | Path, policy: ExitPolicy | str) -> None:
+        """``save_pretrained`` of the model (its config carries the policy's canonical spec)
+        and tokenizer, into a folder that replaces ``path`` as a whole."""
+        model.set_policy(policy)
         with io.atomic_dir(path) as tmp:
             model.save_pretrained(tmp)
             model.tokenizer.save_pretrained(tmp)
 
-    def load_model(self, path: str | Path) -> tuple[nn.Module, str]:
+    def load_model(self, path: str | Path) -> tuple[nn.Module, ExitPolicy]:
         return load_text_model(path)
 
-    def set_default_policy(self, path: str | Path, policy: str) -> None:
-        from adaptive_exit import io
-
-        config = EarlyExitConfig.from_pretrained(path)
-        config.default_policy = policy
-        io.write_text(Path(path) / "config.json", config.to_json_string())
+    def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
+        io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
 
     # -- data
     def load_split(self, data_cfg: TextDataConfig, split: str, seed: int) -> Sequence[Any]:
@@ -134,20 +133,15 @@ class TextDomain(Domain):
         return TextCollator(model.tokenizer, model.config.max_seq_length, model.config.task == "regression")(samples)
 
     # -- training / evaluation
-    def task_loss(self, output: Tensor, batch: Any) -> Tensor:
-        import torch.nn.functional as F
-
-        if output.dim() == 3:  # (B, T, C) token tags
-            return EarlyExitForTokenClassification.task_loss(output, batch["labels"])
-        if output.shape[-1] == 1:
-            return F.mse_loss(output.squeeze(-1), batch["labels"].to(output.dtype))
-        return F.cross_entropy(output, batch["labels"])
+    def objective(self, train_cfg, model: nn.Module | None = None) -> MultiExitObjective:
+        """The model's own task loss (cross-entropy, MSE or token cross-entropy) on every exit."""
+        if model is None:
+            raise ValueError("the text objective needs the model (its task decides the loss)")
+        return MultiExitObjective(lambda output, batch: model.task_loss(output, batch["labels"]), train_cfg.scheme,
+                                  train_cfg.exit_weights, train_cfg.distill_temperature)
 
     def targets(self, batch: Any) -> Tensor:
         return batch["labels"]
-
-    def batch_size_of(self, batch: Any) -> int:
-        return batch["input_ids"].shape[0]
 
     def input_sizes(self, batch: Any) -> Tensor:
         return batch["attention_mask"].sum(1)
@@ -171,7 +165,7 @@ def conll_file(folder: Path, split: str) -> Path:
     return path
 
 
-def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification | EarlyExitForTokenClassification, str]:
+def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification | EarlyExitForTokenClassification, ExitPolicy]:
     """Load a saved early-exit text model (sequence or token classification) with its
     tokenizer; clear errors for bad folders."""
     from transformers import AutoTokenizer
@@ -185,9 +179,9 @@ def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassificatio
                        else EarlyExitForSequenceClassification)
         model = model_class.from_pretrained(path)
         model.tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, RuntimeError, KeyError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise ValueError(f"cannot load text model from {path}: {exc}") from exc
-    return model.eval(), model.config.default_policy
+    return model.eval(), model.policy
 
 
 register_conll_metrics()

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from adaptive_exit.losses import exit_weights, weighted_exit_loss
 
-from .tokee import _check_layer, halted_layer, halting, normalized_entropy
+from .tokee import check_layer, halted_layer, halting, normalized_entropy
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def self_sampling_loss(model, batch: dict[str, Tensor], threshold: float, window
     own = torch.zeros(mask2d.shape, device=hidden.device)
     losses = []
     for k in range(model.num_stages):
-        _check_layer(adapter.layer(k))
+        check_layer(adapter.layer(k))
         hidden = halted_layer(adapter.layer(k), hidden, mask2d, active)
         logits = model.classifiers[k](model.dropout(hidden))
         losses.append(model.task_loss(logits, batch["labels"]))

@@ -19,12 +19,13 @@ Supported: BERT, RoBERTa, XLM-R and MiniLM layers (``attention.self.query/key/va
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from adaptive_exit.policies import entropy
 
 
 @dataclass
@@ -44,15 +45,17 @@ class TokenExitResult:
         return self.full_flops / self.flops
 
 
-def _check_layer(layer: nn.Module) -> None:
-    needed = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-              "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
-    for path in needed:
-        module = layer
-        for part in path.split("."):
-            module = getattr(module, part, None)
-            if module is None:
-                raise ValueError(f"token-level exit supports BERT-family layers; {type(layer).__name__} has no {path}")
+BERT_LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                    "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+
+
+def check_layer(layer: nn.Module) -> None:
+    """Token-level exit computes a layer by hand from these BERT-family parts."""
+    for path in BERT_LAYER_PARTS:
+        try:
+            layer.get_submodule(path)
+        except AttributeError:
+            raise ValueError(f"token-level exit supports BERT-family layers; {type(layer).__name__} has no {path}") from None
 
 
 def layer_flops(hidden: int, intermediate: int, real: int | Tensor, active: int | Tensor) -> float:
@@ -97,8 +100,7 @@ def halted_layer(layer: nn.Module, hidden: Tensor, key_mask: Tensor, active: Ten
 
 
 def normalized_entropy(logits: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits.double(), -1)
-    return (-(logp.exp() * logp).sum(-1) / math.log(logits.shape[-1])).float()
+    return entropy(logits, normalized=True).float()
 
 
 def _shared_uncertainty(own: Tensor, batch: dict[str, Tensor]) -> Tensor:
@@ -133,7 +135,7 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
     hidden = adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
     b, t, h = hidden.shape
     for k in range(model.num_stages):
-        _check_layer(adapter.layer(k))
+        check_layer(adapter.layer(k))
     intermediate = model.backbone.config.intermediate_size
     num_labels = model.config.num_labels
     real_counts = mask2d.sum(1)

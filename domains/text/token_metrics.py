@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from adaptive_exit.evaluation import register_metric
+from adaptive_exit.metrics import Metric, register_metric
 
 from .conll import CONLL2003_TAGS, IGNORE, entity_f1, entity_spans
 
@@ -64,7 +64,8 @@ def entity_errors(outputs: Tensor, targets: Tensor, tags: Sequence[str] = CONLL2
 
 
 def register_conll_metrics() -> None:
-    register_metric("entity_f1", lambda o, t: entity_scores(o, t)["f1"], per_sample=entity_errors)
-    register_metric("entity_precision", lambda o, t: entity_scores(o, t)["precision"], per_sample=entity_errors)
-    register_metric("entity_recall", lambda o, t: entity_scores(o, t)["recall"], per_sample=entity_errors)
-    register_metric("token_accuracy", token_accuracy, per_sample=token_accuracy_per_sample)
+    for part in ("f1", "precision", "recall"):
+        register_metric(Metric(f"entity_{part}", lambda o, t, part=part: entity_scores(o, t)[part], entity_errors,
+                               description=f"entity-level {part} (seqeval, CoNLL-2003 tags)"))
+    register_metric(Metric("token_accuracy", token_accuracy, token_accuracy_per_sample,
+                           description="share of labelled tokens tagged right"))

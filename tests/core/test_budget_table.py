@@ -6,7 +6,8 @@ import pytest
 import torch
 import yaml
 
-from adaptive_exit.budget import BudgetTable, resolve_policy
+from adaptive_exit.budget import BudgetTable, policy_for_request
+from adaptive_exit.policies import build_policy
 from adaptive_exit.cli import main
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.toy import ToyModelConfig, ToyStagedModel, collate_toy
@@ -16,10 +17,11 @@ DEMO = Path(__file__).resolve().parents[2] / "recipes" / "core" / "toy" / "demo.
 
 def test_budget_table_picks_exact_then_tighter_then_hard_cap(tmp_path):
     table = BudgetTable({"mean:0.7": "patience:2", "mean:0.4": "patience:1", "p95:20ms": "entropy:0.3"})
-    assert table.policy_for("mean:0.7") == "patience:2"
-    assert table.policy_for("mean:0.5") == "patience:1"  # the largest calibrated budget not above 0.5
-    assert table.policy_for("mean:0.2") == "budget:max_fraction=0.2"  # nothing calibrated fits: per-sample hard cap
-    assert table.policy_for("p95:25ms") == "entropy:0.3"
+    assert table.policy_for("mean:0.7").spec() == "patience:2"
+    assert table.policy_for("mean:0.5").spec() == "patience:1"  # the largest calibrated budget not above 0.5
+    assert table.policy_for("mean:0.2").spec() == "budget:max_fraction=0.2"  # nothing calibrated fits: per-sample hard cap
+    assert table.policy_for("mean:0.2", default="patience:2").spec() == "patience:2 | budget:max_fraction=0.2"
+    assert table.policy_for("p95:25ms").spec() == "entropy:0.3"
     with pytest.raises(ValueError, match="no calibrated policy fits budget p95:10ms"):
         table.policy_for("p95:10ms")
     table.save(tmp_path)
@@ -28,10 +30,14 @@ def test_budget_table_picks_exact_then_tighter_then_hard_cap(tmp_path):
     (tmp_path / "budget_policies.json").write_text('{"mean:0.5": "patiense:1"}')
     with pytest.raises(ValueError, match="not a valid budget table"):
         BudgetTable.load(tmp_path)
-    assert resolve_policy(tmp_path, "patience:2", budget="0.5") == "patience:2 | budget:max_fraction=0.5"
-    assert resolve_policy(tmp_path, "patience:2", policy="entropy:0.1", budget="0.5") == "entropy:0.1"
+    default = build_policy("patience:2")
+    assert policy_for_request(tmp_path / "elsewhere", default, budget="max:0.5").spec() == "patience:2 | budget:max_fraction=0.5"
+    assert policy_for_request(tmp_path, default, policy="entropy:0.1", budget="max:0.5").spec() == "entropy:0.1"
+    assert policy_for_request(tmp_path / "elsewhere", default) is default
     with pytest.raises(ValueError, match="fraction"):
-        resolve_policy(tmp_path, "patience:2", budget="1.5")
+        policy_for_request(tmp_path / "elsewhere", default, budget="max:1.5")
+    with pytest.raises(ValueError, match="write 'max:0.5' for a per-sample cap"):
+        policy_for_request(tmp_path / "elsewhere", default, budget="0.5")
 
 
 def test_runner_switches_budget_between_batches_without_reloading():

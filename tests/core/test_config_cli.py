@@ -102,3 +102,28 @@ def test_training_validation_keeps_the_best_model(tmp_path):
         load_recipe(DEMO, ["train.keep_best=accuracy", "train.eval_every=0"])
     with pytest.raises(ValueError, match="must be one of eval.metrics"):
         Pipeline(load_recipe(DEMO, [*overrides, "train.keep_best=mse"])[0]).train()
+
+
+def test_dict_policy_in_a_recipe_survives_run_save_load(tmp_path, capsys):
+    """eval.policy as a YAML mapping: parsed once, saved as its canonical spec, loaded back
+    equal, timed and replayed under the same decisions (it used to die after training)."""
+    from adaptive_exit.config import load_recipe
+    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.policies import build_policy
+    from adaptive_exit.runner import EarlyExitRunner
+
+    run_dir = tmp_path / "run"
+    policy = "{type: any, policies: [{type: confidence, measure: entropy, threshold: 0.5}, patience:2]}"
+    assert main(["run", str(DEMO), f"run_dir={run_dir}", f"eval.policy={policy}", "train.max_steps=30",
+                 "train.progress=false", "data.train_size=256", "data.dev_size=128", "eval.timing_repeats=1",
+                 "calibrate.budget=null"]) == 0
+    saved = json.loads((run_dir / "model" / "config.json").read_text())["default_policy"]
+    assert saved == "entropy:0.5 | patience:2"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["timing"]["policy"] == saved and results["timing"]["matches_trace_replay"]
+    pipeline = Pipeline(load_recipe(run_dir / "config.yaml")[0])
+    model, default = pipeline.load_model()
+    assert default == build_policy(saved) == pipeline.policy
+    batch = pipeline.batches(model, "dev", 64)[0]
+    assert torch.equal(EarlyExitRunner(model, default)(batch).exit_stage,
+                       EarlyExitRunner(model, "entropy:0.5 | patience:2")(batch).exit_stage)

@@ -145,8 +145,8 @@ def test_build_policy_from_specs(spec, expected):
 
 @pytest.mark.parametrize("spec, message", [
     ("patiense:2", "unknown policy 'patiense'"),
-    ("patience:-1", "non-negative integer"),
-    ("patience:1.5", "non-negative integer"),
+    ("patience:-1", "integer >= 0"),
+    ("patience:1.5", "integer >= 0"),
     ("entropy:abc", "finite number"),
     ("max_prob:1.5", r"\[0, 1\]"),
     ("patience:2,distance=l2", "needs a threshold"),

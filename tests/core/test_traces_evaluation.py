@@ -1,3 +1,4 @@
+import math
 import json
 
 import pytest
@@ -5,7 +6,8 @@ import torch
 from scipy import stats
 
 from adaptive_exit.budget import BudgetSpec, calibrate, split_trace
-from adaptive_exit.evaluation import (build_report, mark_pareto, oracle_exit_stage, pearson, spearman,
+from adaptive_exit.metrics import get_metric
+from adaptive_exit.evaluation import (build_report, mark_pareto, oracle_exit_stage,
                                       static_rows, sweep, write_report)
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.traces import Trace, record_trace, replay
@@ -68,7 +70,7 @@ def test_static_rows_and_sweep_rows():
 def test_pareto_front_excludes_dominated_rows():
     trace = labelled_trace([[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [2, 2, 2, 2]], targets=[0, 0, 0, 2])
     rows = static_rows(trace, ["accuracy"])
-    front = mark_pareto(rows, "accuracy")
+    front = mark_pareto(rows, get_metric("accuracy"))
     assert [r.name for r in front] == ["static:3", "static:2", "static:1"]
     assert not rows[3].pareto  # static:4 has static:3's accuracy at lower speed-up
 
@@ -86,12 +88,16 @@ def test_report_files(tmp_path):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_correlation_metrics_match_scipy():
-    gen = torch.Generator().manual_seed(0)
-    preds = torch.randn(50, 1, generator=gen).round(decimals=1)  # ties
-    targets = preds[:, 0] + 0.5 * torch.randn(50, generator=gen)
-    assert pearson(preds, targets) == pytest.approx(stats.pearsonr(preds[:, 0], targets)[0], rel=1e-9)
-    assert spearman(preds, targets) == pytest.approx(stats.spearmanr(preds[:, 0], targets)[0], rel=1e-9)
+def test_regression_metrics_direction_and_edge_cases():
+    pearson, spearman, mse = (get_metric(n) for n in ("pearson", "spearman", "mse"))
+    targets = torch.arange(10, dtype=torch.float64)
+    curved = (targets**3).unsqueeze(1)  # monotone but not linear
+    assert spearman.compute(curved, targets) == pytest.approx(1.0)
+    assert pearson.compute(curved, targets) < 0.95
+    assert math.isnan(pearson.compute(torch.ones(10, 1), targets))  # a constant prediction has no correlation
+    assert mse.compute(targets.unsqueeze(1) + 2, targets) == pytest.approx(4.0)
+    assert not mse.higher_is_better and mse.better(1.0, 2.0) and not mse.better(float("nan"), 2.0)
+    assert pearson.better(0.9, 0.8) and pearson.drop(0.9, 0.8) == pytest.approx(0.1)
 
 
 def test_calibration_meets_budget_and_prefers_quality():
@@ -128,8 +134,10 @@ def test_budget_accepts_percent():
 
 def test_infeasible_budget_is_explained():
     trace = labelled_trace([[0, 0, 0]], targets=[0])
-    with pytest.raises(ValueError, match="no candidate policy meets budget"):
+    # even one stage (1/3 of the model) is over budget: no candidate could help, and the error says so
+    with pytest.raises(ValueError, match="below what this model can do: even one stage per sample costs 0.3333"):
         calibrate(trace, ["full"], "mean:0.2", "accuracy")
+    assert calibrate(trace, ["full"], "mean:0.34", "accuracy").calibration["mean_stages"] == 1
 
 
 def test_pad_cat_fills_with_a_vector_over_the_last_dim():
@@ -145,15 +153,20 @@ def test_pad_cat_fills_with_a_vector_over_the_last_dim():
 
 
 def test_registered_metric_scores_rows_and_drives_the_oracle():
-    from adaptive_exit.evaluation import METRICS, PER_SAMPLE, register_metric, score
+    from adaptive_exit.evaluation import score
+    from adaptive_exit.metrics import Metric, register_metric, unregister_metric
 
     # stage 0 right for sample 0, stage 1 right for sample 1; the metric counts exact matches
     trace = labelled_trace([[1, 0], [0, 1]], [1, 1])
-    register_metric("hits", lambda o, t: float((o.argmax(-1) == t).sum()),
-                    per_sample=lambda o, t: (o.argmax(-1) == t.unsqueeze(1)).double())
+    register_metric(Metric("hits", lambda o, t: float((o.argmax(-1) == t).sum()),
+                           per_sample=lambda o, t: (o.argmax(-1) == t.unsqueeze(1)).double()))
+    register_metric(Metric("hits_no_oracle", lambda o, t: float((o.argmax(-1) == t).sum())))
     try:
         assert score(trace, torch.tensor([0, 1]), "hits") == 2.0
         assert oracle_exit_stage(trace, "hits").tolist() == [0, 1]
         assert build_report(trace, {}, ["hits"])["full_model"]["hits"] == 1.0
+        # a metric without a per-sample form cannot silently drive the oracle
+        with pytest.raises(ValueError, match="'hits_no_oracle' has no per-sample form"):
+            build_report(trace, {}, ["hits_no_oracle"])
     finally:
-        METRICS.pop("hits"), PER_SAMPLE.pop("hits")
+        unregister_metric("hits"), unregister_metric("hits_no_oracle")

@@ -10,7 +10,8 @@ from adaptive_exit.cli import main
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.speech.audio import load_audio
 from adaptive_exit.speech.data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset, mix_at_snr
-from adaptive_exit.speech.domain import DOMAIN, SpectralLoss, SpeechModelConfig
+from adaptive_exit.speech.domain import DOMAIN
+from adaptive_exit.speech.losses import SpectralLoss
 from adaptive_exit.speech.metrics import score, si_sdr
 from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
 from adaptive_exit.speech.stft import STFT
@@ -31,7 +32,7 @@ def test_stft_round_trip_is_exact(compress):
 
 def tiny_enhancer(seed=0, **kwargs):
     torch.manual_seed(seed)
-    cfg = SpeechModelConfig(hidden=24, num_stages=4, **kwargs)
+    cfg = EnhancerConfig(hidden=24, num_stages=4, **kwargs)
     model = DOMAIN.build_model(cfg, None)
     # random weights barely change the estimate; scale the output layers so stages differ
     with torch.no_grad():
@@ -74,9 +75,9 @@ def test_causal_model_has_no_look_ahead():
 
 
 def test_parameter_counts_are_small_by_default():
-    shared = ProgressiveEnhancer(SpeechModelConfig().enhancer())
+    shared = ProgressiveEnhancer(EnhancerConfig())
     assert 1e5 < sum(p.numel() for p in shared.parameters()) < 1e6
-    unshared = ProgressiveEnhancer(SpeechModelConfig(shared=False).enhancer())
+    unshared = ProgressiveEnhancer(EnhancerConfig(shared=False))
     assert sum(p.numel() for p in unshared.parameters()) == 6 * sum(p.numel() for p in shared.parameters())
 
 
@@ -92,12 +93,12 @@ def test_spectral_loss_is_zero_for_the_clean_target_and_ignores_padding():
 
 
 def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
-    from adaptive_exit.speech.domain import intermediate_targets, stage_target_batch
+    from adaptive_exit.speech.losses import intermediate_targets, stage_target_batch
 
     def snr(reference, estimate):
         return 10 * np.log10(np.sum(reference**2) / np.sum((estimate - reference) ** 2))
 
-    model = DOMAIN.build_model(SpeechModelConfig(num_stages=4, hidden=8, target_snr_step_db=5.0), None)
+    model = DOMAIN.build_model(EnhancerConfig(num_stages=4, hidden=8, target_snr_step_db=5.0), None)
     items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
     batch = DOMAIN.collate(model, items)
     targets = batch["stage_targets"]
@@ -111,7 +112,7 @@ def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
     objective = DOMAIN.objective(type("T", (), {"scheme": "joint", "exit_weights": "uniform", "distill_temperature": 1.0}), model)
     assert objective([t["clean_spec"] for t in targets], batch).item() == pytest.approx(0.0, abs=1e-6)
     assert objective([batch["clean_spec"]] * 4, batch).item() > 0
-    plain = DOMAIN.collate(DOMAIN.build_model(SpeechModelConfig(num_stages=4, hidden=8), None), items)
+    plain = DOMAIN.collate(DOMAIN.build_model(EnhancerConfig(num_stages=4, hidden=8), None), items)
     assert "stage_targets" not in plain and stage_target_batch(plain, 0, 4) is plain  # step 0: clean for every stage
     with pytest.raises(ValueError, match="target_snr_step_db"):
         intermediate_targets(batch, STFT(), 4, -1.0)
@@ -122,8 +123,8 @@ def test_change_penalty_adds_the_exit_distance_and_only_pushes_later_stages():
 
     items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
     train_cfg = type("T", (), {"scheme": "joint", "exit_weights": "linear", "distill_temperature": 1.0})
-    plain = DOMAIN.objective(train_cfg, DOMAIN.build_model(SpeechModelConfig(num_stages=3, hidden=8), None))
-    penalised = DOMAIN.objective(train_cfg, DOMAIN.build_model(SpeechModelConfig(num_stages=3, hidden=8, change_weight=0.5), None))
+    plain = DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8), None))
+    penalised = DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8, change_weight=0.5), None))
     batch = SpeechCollator(STFT(compress=0.5))(items)
     outputs = [(batch["noisy_spec"] * s).requires_grad_() for s in (1.0, 0.8, 0.7)]
     changes = [relative_distance(outputs[0], outputs[1]), relative_distance(outputs[1], outputs[2])]
@@ -134,7 +135,7 @@ def test_change_penalty_adds_the_exit_distance_and_only_pushes_later_stages():
     torch.testing.assert_close(penalised_grads[0], plain_grads[0])  # the first estimate is not pulled towards the later ones
     assert (penalised_grads[2] - plain_grads[2]).abs().max() > 1e-4 * plain_grads[2].abs().max()
     with pytest.raises(ValueError, match="change_weight"):
-        DOMAIN.objective(train_cfg, DOMAIN.build_model(SpeechModelConfig(num_stages=3, hidden=8, change_weight=-1), None))
+        DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8, change_weight=-1), None))
 
 
 def test_mixing_hits_the_snr():
@@ -215,7 +216,7 @@ def test_enhance_cli_writes_same_length_and_rate(tmp_path, capsys):
     sf.write(inputs / "b44.wav", librosa.resample(speech, orig_sr=16000, target_sr=44100), 44100)
     sf.write(inputs / "stereo.wav", np.stack([speech, speech], 1), 16000)
     (inputs / "broken.wav").write_bytes(b"RIFF....nonsense")
-    assert main(["enhance", "--model", str(tmp_path / "model"), "--input", str(inputs), "--output", str(tmp_path / "out"), "--budget", "0.5"]) == 0
+    assert main(["enhance", "--model", str(tmp_path / "model"), "--input", str(inputs), "--output", str(tmp_path / "out"), "--budget", "max:0.5"]) == 0
     records = {json.loads(l)["input"].split("/")[-1]: json.loads(l) for l in capsys.readouterr().out.splitlines()}
     assert "not a readable audio file" in records["broken.wav"]["error"]
     for name in ("a16.wav", "b44.wav", "stereo.wav"):
@@ -275,13 +276,13 @@ def test_noise_augmentation_is_reproducible_and_power_preserving(tmp_path):
 
 
 def test_model_folders_saved_before_output_forms_load_as_mapping(tmp_path):
-    model = DOMAIN.build_model(SpeechModelConfig(num_stages=2, hidden=8, output="mapping"), None)
+    model = DOMAIN.build_model(EnhancerConfig(num_stages=2, hidden=8, output="mapping"), None)
     DOMAIN.save_model(model, tmp_path / "model", "full")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     del config["model"]["output"]
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     loaded, _ = DOMAIN.load_model(tmp_path / "model")
-    assert loaded.speech_config.output == "mapping"
+    assert loaded.config.output == "mapping"
 
 
 def test_heldout_noises_keep_validation_noise_out_of_training(tmp_path):

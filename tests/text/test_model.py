@@ -6,6 +6,7 @@ import torch
 
 from adaptive_exit.cli import main
 from adaptive_exit.losses import exit_weights
+from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.text.data import TextCollator
 from adaptive_exit.text.domain import DOMAIN
 from adaptive_exit.text.modeling import EarlyExitForSequenceClassification
@@ -111,11 +112,16 @@ def test_regression_patience_on_predicted_value():
     assert torch.equal(replay(trace, model.policy).exit_stage + 1, out.exit_layer)
 
 
-def test_text_domain_loss_picks_task():
-    logits = torch.tensor([[0.5], [1.5]])
-    loss = DOMAIN.task_loss(logits, {"labels": torch.tensor([1.0, 1.0])})
+def test_text_objective_uses_the_model_task_loss():
+    from adaptive_exit.training import TrainConfig
+
+    cfg = TrainConfig(exit_weights="uniform")
+    regression = DOMAIN.objective(cfg, tiny_model("bert", task="regression"))
+    loss = regression([torch.tensor([[0.5], [1.5]])] * 2, {"labels": torch.tensor([1.0, 1.0])})
     assert loss.item() == pytest.approx((0.25 + 0.25) / 2)
-    assert DOMAIN.task_loss(torch.zeros(2, 2), {"labels": torch.tensor([0, 1])}).item() == pytest.approx(math.log(2))
+    classification = DOMAIN.objective(cfg, tiny_model("bert", num_labels=2))
+    # a two-class model with one class: cross-entropy, not a guess from the output shape
+    assert classification([torch.zeros(2, 2)] * 2, {"labels": torch.tensor([0, 1])}).item() == pytest.approx(math.log(2))
 
 
 def test_predict_cli_prints_json_lines(tmp_path, capsys):
@@ -136,3 +142,25 @@ def test_predict_cli_prints_json_lines(tmp_path, capsys):
 def test_predict_cli_reports_missing_model(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "nope"), "--input", "-"]) == 2
     assert "model file missing" in capsys.readouterr().err
+
+
+def test_dict_policy_survives_save_load_predict(tmp_path, capsys):
+    """A policy given as a dict (as a recipe's eval.policy may be) is parsed once and stored
+    as its canonical spec: the saved model loads it back and predict runs under it."""
+    from adaptive_exit.policies import build_policy
+
+    policy = build_policy({"type": "any", "policies": [{"type": "confidence", "measure": "entropy", "threshold": 0.6},
+                                                       "patience:2"]})
+    model = tiny_model("bert", num_labels=2)
+    model.tokenizer = tiny_tokenizer(tmp_path)
+    DOMAIN.save_model(model, tmp_path / "model", policy)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["default_policy"] == "entropy:0.6 | patience:2"
+    loaded, default = DOMAIN.load_model(tmp_path / "model")
+    assert default == policy
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("the movie is good\nthe plot is boring\n")
+    assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(inputs)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = EarlyExitRunner(loaded, policy)(TextCollator(loaded.tokenizer, 128)(
+        [{"text": t, "text_pair": None, "label": None} for t in ("the movie is good", "the plot is boring")]))
+    assert [r["exit_layer"] for r in records] == (expected.exit_stage + 1).tolist()
