@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import math
 import os
 import types
 import typing
@@ -17,10 +18,13 @@ from typing import Any, Union
 
 import yaml
 
+from .errors import AdaptiveExitError
+from .fields import bounded, check_ranges
+from .runtime import RuntimeConfig
 from .training import TrainConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(AdaptiveExitError):
     """A recipe or override is wrong; the message names the key and the file."""
 
 
@@ -29,12 +33,12 @@ class EvalConfig:
     """The ``eval:`` section: traces, sweeps and the timed default policy."""
 
     split: str = "dev"
-    batch_size: int = 64
+    batch_size: int = bounded(64, ge=1)
     metrics: list = field(default_factory=lambda: ["accuracy"])
     policy: Any = "patience:2"
     sweeps: dict = field(default_factory=dict)
-    timing_batch_size: int = 32
-    timing_repeats: int = 3
+    timing_batch_size: int = bounded(32, ge=1)
+    timing_repeats: int = bounded(3, ge=1)
 
 
 @dataclass
@@ -43,7 +47,7 @@ class CalibrateConfig:
 
     budget: Any = None
     split: str = "dev"
-    heldout_fraction: float = 0.5
+    heldout_fraction: float = bounded(0.5, gt=0, lt=1)
     candidates: dict = field(default_factory=dict)
     levels: list = field(default_factory=list)  # more budgets calibrated into the model's budget table (run-time switching)
 
@@ -52,13 +56,14 @@ class CalibrateConfig:
 class Recipe:
     domain: str
     run_dir: str = "runs/default"
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     plugins: list = field(default_factory=list)  # modules imported first: your own policies, budget kinds, metrics
     model: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 # --------------------------------------------------------------------------- loading
@@ -68,14 +73,31 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader (no code, no Python objects) that rejects a key given twice in
+    one mapping: YAML silently keeps the last, which hides typos in recipes."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -87,9 +109,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         try:
-            value = _numeric(yaml.safe_load(text)) if text.strip() else ""
+            value = _numeric(yaml.load(text, Loader=UniqueKeyLoader)) if text.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {' '.join(str(exc).split())}") from None
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -137,9 +159,14 @@ def from_dict(cls: type, data: Any, path: str = "", source: str = "") -> Any:
     if missing:
         raise ConfigError(f"missing key '{(path + '.') if path else ''}{missing[0]}'{where}")
     try:
-        return cls(**values)
+        obj = cls(**values)
+        check_ranges(obj, path)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path or 'recipe'}{where}: {exc}") from None
+        message = str(exc)
+        if path and message.startswith(f"{path}."):
+            raise ConfigError(f"{message}{where}") from None
+        raise ConfigError(f"{path or 'recipe'}{where}: {message}") from None
+    return obj
 
 
 def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
@@ -165,6 +192,8 @@ def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
         value = _numeric(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"'{path}'{where} must be a finite number, got {value!r}")
     if base is bool and not isinstance(value, bool):
         raise ConfigError(f"'{path}'{where} must be true or false, got {value!r}")
     if base is int and (isinstance(value, bool) or not isinstance(value, int)):

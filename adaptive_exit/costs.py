@@ -18,8 +18,10 @@ sample i when it exits after stage k, in a unit: ``stages``, ``fraction``,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -32,6 +34,15 @@ from .staged import StagedModel, stage_costs
 from .timing import median_time
 
 UNITS = ("stages", "fraction", "flops", "ms", "rtf")
+logger = logging.getLogger(__name__)
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per CPU core (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def _device(model: StagedModel) -> torch.device:
@@ -88,39 +99,73 @@ class CostModel:
     """Per-stage FLOPs and latency of one model as functions of input size, cached.
 
     ``make_batch(size)`` returns a one-sample batch whose input size is ``size``.
-    ``cache_file`` (optional) persists profiles across runs; latency entries are keyed
-    by device and thread count, since they are only valid there.
+    ``cache_file`` (optional) persists profiles across runs. Latency entries are keyed
+    by device and thread count (they are only valid there) and record the machine's
+    load average when they were measured: a profile measured on a busy machine is
+    re-measured when the machine is quieter now, and ``remeasure=True`` always
+    measures again.
     """
 
+    BUSY = 0.5  # load per core above which a latency profile counts as measured under load
+
     def __init__(self, model: StagedModel, make_batch: Callable[[int], Any], cache_file: str | os.PathLike | None = None,
-                 repeats: int = 10, warmup: int = 2):
+                 repeats: int = 10, warmup: int = 2, remeasure: bool = False):
         self.model, self.make_batch = model, make_batch
         self.cache_file, self.repeats, self.warmup = cache_file, repeats, warmup
-        self.cache: dict[str, list[float]] = {}
+        self.remeasure = remeasure
+        self._fresh: set[str] = set()
+        self.cache: dict[str, Any] = {}
         if cache_file and os.path.exists(cache_file):
             try:
                 self.cache = json.loads(open(cache_file, encoding="utf-8").read())
             except ValueError:
                 self.cache = {}  # a corrupt cache is only a cache: profile again
+            if not isinstance(self.cache, dict):
+                self.cache = {}
 
     def _device_key(self) -> str:
         device = _device(self.model)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
         return f"{device.type}:{name}:threads={torch.get_num_threads()}"
 
-    def _cached(self, key: str, compute: Callable[[], list[float]]) -> list[float]:
-        if key not in self.cache:
-            self.cache[key] = compute()
-            if self.cache_file:
-                io.write_json(self.cache_file, self.cache)
-        return self.cache[key]
+    def _store(self, key: str, value: Any) -> None:
+        self.cache[key] = value
+        self._fresh.add(key)
+        if self.cache_file:
+            with io.locked(self.cache_file):  # several calibrations may share a model folder
+                on_disk = {}
+                if os.path.exists(self.cache_file):
+                    try:
+                        on_disk = json.loads(open(self.cache_file, encoding="utf-8").read())
+                    except ValueError:
+                        on_disk = {}
+                io.write_json(self.cache_file, {**(on_disk if isinstance(on_disk, dict) else {}), key: value})
 
     def flops(self, size: int) -> list[float]:
-        return self._cached(f"flops/size={int(size)}", lambda: count_stage_flops(self.model, self.make_batch(int(size))))
+        key = f"flops/size={int(size)}"
+        if key not in self.cache:
+            self._store(key, count_stage_flops(self.model, self.make_batch(int(size))))
+        return self.cache[key]
 
     def latency_ms(self, size: int) -> list[float]:
         key = f"ms/{self._device_key()}/size={int(size)}"
-        return self._cached(key, lambda: time_stages(self.model, self.make_batch(int(size)), self.repeats, self.warmup))
+        entry = self.cache.get(key)
+        if key not in self._fresh and self._stale(entry):
+            entry = {"ms": time_stages(self.model, self.make_batch(int(size)), self.repeats, self.warmup),
+                     "load_per_core": load_per_core(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if entry["load_per_core"] > self.BUSY:
+                logger.warning("latency measured under load (%.2f per core): expect it to be high; "
+                               "calibrate again with --remeasure on an idle machine", entry["load_per_core"])
+            self._store(key, entry)
+        return entry["ms"] if isinstance(entry, dict) else entry
+
+    def _stale(self, entry: Any) -> bool:
+        """Measure again: nothing cached, asked to, an old-format entry, or measured
+        under load that has since gone."""
+        if entry is None or self.remeasure or not isinstance(entry, dict):
+            return True
+        then, now = entry.get("load_per_core", 0.0), load_per_core()
+        return then > self.BUSY and now < then / 2
 
     def latency_table(self, sizes: Sequence[int], points: int = 4) -> np.ndarray:
         """(len(sizes), L) per-stage latency, measured at ``points`` size quantiles, interpolated."""

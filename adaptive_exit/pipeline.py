@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Callable
@@ -64,6 +65,12 @@ class Pipeline:
             self.levels = [BudgetSpec.parse(b) for b in recipe.calibrate.levels]
         except ValueError as exc:
             raise ValueError(f"calibrate: {exc}") from None
+        for where, split in (("eval.split", recipe.eval.split), ("calibrate.split", recipe.calibrate.split),
+                             ("train.eval_split", recipe.train.eval_split)):
+            try:
+                check_split_name(split)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
 
     # ------------------------------------------------------------------ helpers
 
@@ -78,7 +85,7 @@ class Pipeline:
         return self.domain.load_model(self.model_dir)
 
     def trace_path(self, split: str) -> Path:
-        return self.run_dir / "traces" / f"{split}.pt"
+        return self.run_dir / "traces" / f"{check_split_name(split)}.pt"
 
     # ------------------------------------------------------------------ steps
 
@@ -154,8 +161,10 @@ class Pipeline:
         """Every stage's outputs and quality on a split, sharded across launched
         processes; every rank gets the whole trace, the main process saves it."""
         split = split or self.recipe.eval.split
+        check_split_name(split)
         model, _ = self.load_model()
         batches = self.batches(model, split, self.recipe.eval.batch_size)
+        logger.info("recording every exit on %s/%s (%d batches)", self.domain.name, split, len(batches))
         trace = record_trace(
             model, batches, targets=self.domain.targets,
             quality=self.domain.quality, pad_value=self.domain.trace_pad_value(model),
@@ -177,11 +186,15 @@ class Pipeline:
         if not self.shard.is_main:
             return None
         ev = self.recipe.eval
+        logger.info("sweeping %d policy families on %d samples", len(ev.sweeps), trace.num_samples)
         report = build_report(trace, ev.sweeps, ev.metrics)
         previous = self.run_dir / "results.json"
-        if previous.exists():  # keep timing measured by `evaluate`
-            old = json.loads(previous.read_text())
-            for key in ("timing", "extras"):
+        if previous.exists():  # keep what other steps measured: timing (evaluate), calibration (run)
+            try:
+                old = json.loads(previous.read_text(encoding="utf-8"))
+            except ValueError:
+                old = {}
+            for key in ("timing", "extras", "calibration"):
                 if key in old:
                     report[key] = old[key]
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
@@ -195,6 +208,8 @@ class Pipeline:
         model, default_policy = self.load_model()
         policy = build_policy(policy) if policy is not None else default_policy
         batches = list(self.batches(model, ev.split, ev.timing_batch_size))  # collate once, outside the clock
+        logger.info("timing %s at batch %d (%d threads): full model, compaction, batch-sync",
+                    policy.spec(), ev.timing_batch_size, torch.get_num_threads())
         timings: dict[str, Any] = {"batch_size": ev.timing_batch_size, "policy": policy.spec(), "threads": torch.get_num_threads()}
         results = {}
         for label, spec, mode in (("full", "full", "compact"), ("compact", policy, "compact"), ("batch_sync", policy, "batch-sync")):
@@ -229,7 +244,7 @@ class Pipeline:
         write_report(report, self.run_dir, title=f"{self.domain.name}: {Path(self.recipe.run_dir).name}")
         return report
 
-    def cost_model(self, model, split: str) -> tuple[CostModel, list[int], list[float] | None]:
+    def cost_model(self, model, split: str, remeasure: bool = False) -> tuple[CostModel, list[int], list[float] | None]:
         """A cost model of ``model`` with representative inputs from ``split``, and every
         sample's input size (and audio duration). Profiles are cached in the model folder."""
         samples = self.domain.load_split(self.data_cfg, split, self.recipe.seed)
@@ -244,26 +259,27 @@ class Pipeline:
             seconds = self.domain.durations(batch)
             durations.append(None if seconds is None else float(seconds[0]))
         make_batch = lambda size: self.domain.collate(model, [samples[example_of_size[size]]])  # noqa: E731
-        costs = CostModel(model, make_batch, cache_file=self.model_dir / "costs.json")
+        costs = CostModel(model, make_batch, cache_file=self.model_dir / "costs.json", remeasure=remeasure)
         return costs, sizes, (None if durations[0] is None else durations)
 
-    def cost_table(self, split: str, unit: str) -> Tensor:
+    def cost_table(self, split: str, unit: str, remeasure: bool = False) -> Tensor:
         """(N, L): each sample's cumulative cost after each stage in ``unit`` (computed
         once per split and unit: calibrating several budgets reuses it)."""
         key = (split, unit)
         if key not in self._cost_tables:
-            self._cost_tables[key] = self._compute_cost_table(split, unit)
+            self._cost_tables[key] = self._compute_cost_table(split, unit, remeasure)
         return self._cost_tables[key]
 
-    def _compute_cost_table(self, split: str, unit: str) -> Tensor:
+    def _compute_cost_table(self, split: str, unit: str, remeasure: bool = False) -> Tensor:
         model, _ = self.load_model()
         if unit in ("stages", "fraction"):
             num = len(self.domain.load_split(self.data_cfg, split, self.recipe.seed))
             return sample_costs(unit, model, sizes=[0] * num)
-        costs, sizes, durations = self.cost_model(model, split)
+        logger.info("profiling %s per stage on %s (cached in %s)", unit, split, self.model_dir / "costs.json")
+        costs, sizes, durations = self.cost_model(model, split, remeasure)
         return sample_costs(unit, model, sizes, costs, durations)
 
-    def calibrate(self, budget: str | None = None, levels: Sequence[str] = ()) -> dict[str, Any] | None:
+    def calibrate(self, budget: str | None = None, levels: Sequence[str] = (), remeasure: bool = False) -> dict[str, Any] | None:
         """Choose the best policy within the budget on the calibration split and make it
         the model's default; also calibrate ``levels`` (and ``calibrate.levels``) into the
         model's budget table for switching at run time. The main process writes; other
@@ -276,7 +292,10 @@ class Pipeline:
         trace = self.load_trace(cal.split)
         if not self.shard.is_main:
             return None
-        results = {str(b): self.calibrate_on(trace, b) for b in [*levels, budget]}
+        results = {}
+        for b in [*levels, budget]:
+            logger.info("calibrating to %s on %s", b, cal.split)
+            results[str(b)] = self.calibrate_on(trace, b, remeasure=remeasure)
         main = results[str(budget)]
         BudgetTable.update(self.model_dir, {name: result.policy for name, result in results.items()})
         self.domain.set_default_policy(self.model_dir, main.policy)
@@ -286,14 +305,14 @@ class Pipeline:
         io.write_json(self.run_dir / "calibration.json", report)
         return report
 
-    def calibrate_on(self, trace: Trace, budget: BudgetSpec, split: str | None = None) -> Calibration:
+    def calibrate_on(self, trace: Trace, budget: BudgetSpec, split: str | None = None, remeasure: bool = False) -> Calibration:
         """Calibrate one budget on the calibration half of ``trace``, report on the held-out half."""
         cal = self.recipe.calibrate
         families = cal.candidates or self.recipe.eval.sweeps
         if not families:
             raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
         dev_index, held_index = split_indices(trace.num_samples, cal.heldout_fraction, seed=self.recipe.seed)
-        costs = self.cost_table(split or cal.split, budget.unit) if budget.needs_cost_model else None
+        costs = self.cost_table(split or cal.split, budget.unit, remeasure) if budget.needs_cost_model else None
         return calibrate_trace(
             trace.subset(dev_index), candidate_policies(families), budget, self.recipe.eval.metrics[0],
             heldout=trace.subset(held_index),
@@ -308,6 +327,16 @@ class Pipeline:
             report["calibration"] = calibration
             io.write_json(self.run_dir / "results.json", report)
         return report
+
+
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_split_name(split: str) -> str:
+    """Split names become file names (traces/<split>.pt): letters, digits, '_', '-', '.' only."""
+    if not isinstance(split, str) or not SPLIT_NAME.match(split) or ".." in split:
+        raise ValueError(f"bad split name {split!r}: use letters, digits, '_', '-' or '.' (it names a file in traces/)")
+    return split
 
 
 class Batches(Sequence):

@@ -18,28 +18,37 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .domain import Domain
+from .fields import bounded
 from .staged import select_rows
 
 
 @dataclass
 class ToyModelConfig:
-    input_dim: int = 16
-    hidden: int = 64
-    num_stages: int = 6
-    num_classes: int = 4
-    dropout: float = 0.0
+    """The ``model:`` section. Ranges sit next to each field (checked on load)."""
+
+    input_dim: int = bounded(16, ge=1)
+    hidden: int = bounded(64, ge=1)
+    num_stages: int = bounded(6, ge=1)
+    num_classes: int = bounded(4, ge=2)
+    dropout: float = bounded(0.0, ge=0, lt=1)
 
 
 @dataclass
 class ToyDataConfig:
-    train_size: int = 8000
-    dev_size: int = 1000
-    test_size: int = 1000
-    min_len: int = 3
-    max_len: int = 12
-    input_dim: int = 16
-    num_classes: int = 4
-    task_seed: int = 1234
+    """The ``data:`` section: sizes of the synthetic splits and of each sample's token set."""
+
+    train_size: int = bounded(8000, ge=1)
+    dev_size: int = bounded(1000, ge=1)
+    test_size: int = bounded(1000, ge=1)
+    min_len: int = bounded(3, ge=1)
+    max_len: int = bounded(12, ge=1)
+    input_dim: int = bounded(16, ge=1)
+    num_classes: int = bounded(4, ge=2)
+    task_seed: int = bounded(1234, ge=0)
+
+    def __post_init__(self) -> None:
+        if self.min_len > self.max_len:
+            raise ValueError(f"data.min_len ({self.min_len}) must be <= data.max_len ({self.max_len})")
 
 
 class ToyStagedModel(nn.Module):

@@ -21,6 +21,7 @@ from . import io
 from .distributed import Shard, current_shard
 from .policies import ExitPolicy, build_policy
 from .runner import pad_cat
+from .runtime import progress_enabled
 from .staged import ExitResult, StagedModel, all_exit_outputs, stage_costs
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def record_trace(
     single-process recording.
     """
     shard = shard or current_shard()
+    progress = progress and progress_enabled()
     record = lambda batch: _record_batch(model, batch, targets, quality)  # noqa: E731
     if shard.distributed:
         if not isinstance(batches, Sequence):

@@ -29,50 +29,55 @@ from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
 from . import io
+from .errors import CheckpointError, TrainingDiverged
+from .fields import bounded, check_ranges
 from .losses import MultiExitObjective
+from .runtime import progress_enabled
 from .staged import all_exit_outputs
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
+# Settings a resumed run must share with its checkpoint for the resume to equal an uninterrupted run.
+SHAPING_SETTINGS = ("max_steps", "batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "grad_accum",
+                    "max_grad_norm", "mixed_precision", "scheme", "exit_weights", "first_phase_fraction",
+                    "distill_temperature", "seed")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings (the ``train:`` section of a recipe)."""
 
-    max_steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    head_lr: float | None = None  # a separate rate for model.exit_parameters() (new exit heads)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
+    max_steps: int = bounded(1000, ge=1)
+    batch_size: int = bounded(32, ge=1)
+    lr: float = bounded(1e-3, gt=0)
+    head_lr: float | None = bounded(None, gt=0)  # a separate rate for model.exit_parameters() (new exit heads)
+    weight_decay: float = bounded(0.0, ge=0)
+    warmup_steps: int = bounded(0, ge=0)
+    grad_accum: int = bounded(1, ge=1)
+    max_grad_norm: float | None = bounded(1.0, gt=0)  # null: no clipping
     mixed_precision: str = "auto"
     scheme: str = "joint"
     exit_weights: Any = "pabee"
-    first_phase_fraction: float = 0.5
-    distill_temperature: float = 1.0
-    eval_every: int = 0  # recipes: every N steps, score every exit on ``eval_split`` (train_history.json)
+    first_phase_fraction: float = bounded(0.5, ge=0, le=1)
+    distill_temperature: float = bounded(1.0, gt=0)
+    eval_every: int = bounded(0, ge=0)  # recipes: every N steps, score every exit on ``eval_split`` (train_history.json)
     eval_split: str = "dev"
     keep_best: str | None = None  # recipes: save the model whose last exit scores best on eval_split under this metric
-    save_every: int = 200
-    log_every: int = 50
-    seed: int = 0
-    resume: bool = True
+    save_every: int = bounded(200, ge=0)
+    log_every: int = bounded(50, ge=0)
+    seed: int = bounded(0, ge=0)
+    resume: bool | str = True  # true: continue from checkpoint/last.pt if its settings match; "force": even if not
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, "train")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise ValueError(f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.keep_best and not self.eval_every:
             raise ValueError("train.keep_best needs train.eval_every > 0 (how often to validate)")
-        if not 0.0 <= self.first_phase_fraction <= 1.0:
-            raise ValueError(f"train.first_phase_fraction must be in [0, 1], got {self.first_phase_fraction}")
+        if self.resume not in (True, False, "force"):
+            raise ValueError(f"train.resume must be true, false or force, got {self.resume!r}")
 
 
 def set_seed(seed: int) -> None:
@@ -188,17 +193,42 @@ class Trainer:
         accelerator.wait_for_everyone()
 
     def _load_checkpoint(self, model, optimizer, scheduler) -> int:
+        """Resume from ``checkpoint/last.pt``. It is read with ``weights_only=True``, so a
+        crafted file cannot run code; settings that shape the weights must match the
+        checkpoint's (``train.resume=force`` continues anyway, with a warning)."""
         path = self.checkpoint_path
         try:
-            data = torch.load(path, map_location="cpu", weights_only=False)
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(data, dict) or not {"step", "model", "optimizer", "scheduler"} <= set(data):
+                raise ValueError("not an adaptive-exit training checkpoint")
+        except Exception as exc:  # noqa: BLE001 - unpickling refusals, truncated files, ...
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if "Weights only load failed" in reason:
+                reason = "it holds Python objects beyond tensors and plain data, which are never unpickled"
+            raise CheckpointError(f"cannot resume from checkpoint {path}: {reason}. "
+                                  "Delete it (or set train.resume=false) to start over.") from None
+        changed = self._changed_settings(data.get("config") or {})
+        if changed and self.config.resume != "force":
+            raise CheckpointError(f"{path} was written with other settings ({'; '.join(changed)}); "
+                                  "use a new run_dir, set train.resume=false to start over, or train.resume=force to continue")
+        if changed:
+            logger.warning("resuming %s with changed settings: %s", path, "; ".join(changed))
+        try:
             model.load_state_dict(data["model"])
             optimizer.load_state_dict(data["optimizer"])
             scheduler.load_state_dict(data["scheduler"])
-        except Exception as exc:  # noqa: BLE001
-            raise RuntimeError(f"cannot resume from checkpoint {path}: {exc}. Delete it to start over.") from exc
+        except Exception as exc:  # noqa: BLE001 - another model's weights
+            raise CheckpointError(f"cannot resume from {path}: it holds another model "
+                                  f"({str(exc).splitlines()[0][:200]}). Delete it to start over.") from None
         self.history = list(data.get("history", []))
         logger.info("resumed from %s at step %d", path, data["step"])
         return int(data["step"])
+
+    def _changed_settings(self, saved: dict[str, Any]) -> list[str]:
+        """Settings that shape the trained weights and differ from the checkpoint's."""
+        current = asdict(self.config)
+        return [f"{key}: {saved[key]!r} -> {current[key]!r}" for key in SHAPING_SETTINGS
+                if key in saved and saved[key] != current[key]]
 
     # ------------------------------------------------------------------ loop
 
@@ -238,14 +268,18 @@ class Trainer:
         optimizer = torch.optim.AdamW(self._param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = self._scheduler(optimizer)
         start = 0
+        if accelerator.is_main_process:  # writes killed mid-way leave .last.pt.*.tmp behind
+            io.remove_stale_temporaries(self.checkpoint_path.parent, CHECKPOINT_NAME)
+        accelerator.wait_for_everyone()
         if cfg.resume and self.checkpoint_path.exists():
             start = self._load_checkpoint(model, optimizer, scheduler)
         raw = model
         model, optimizer = accelerator.prepare(_AllExits(raw), optimizer)
 
         frozen = False
-        bar = tqdm(total=cfg.max_steps, initial=start, desc="training", disable=not (cfg.progress and accelerator.is_main_process))
+        bar = tqdm(total=cfg.max_steps, initial=start, desc="training", disable=not (cfg.progress and accelerator.is_main_process and progress_enabled()))
         running: list[float] = []
+        smoothed: float | None = None
         for step in range(start, cfg.max_steps):
             phase = self._phase(step)
             if phase == 2 and not frozen:
@@ -270,8 +304,11 @@ class Trainer:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} at step {step + 1}; lower train.lr or check the data")
+                raise TrainingDiverged(f"training loss became {loss_value} at step {step + 1}; nothing was saved for this step. "
+                                       "Lower train.lr (or set train.max_grad_norm) and check the data")
             running.append(loss_value)
+            smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
+            bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)  # shown at the bar's next refresh
             bar.update(1)
             done = step + 1
             if cfg.log_every and done % cfg.log_every == 0 or done == cfg.max_steps:
@@ -281,8 +318,7 @@ class Trainer:
                     model.eval()
                     entry.update(self.eval_fn(raw))
                 self.history.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.4f}")
-                logger.info("step %d: %s", done, json.dumps(entry))
+                logger.debug("step %d: %s", done, json.dumps(entry))
             elif self.eval_fn is not None and cfg.eval_every and done % cfg.eval_every == 0:
                 model.eval()
                 self.history.append({"step": done, **self.eval_fn(raw)})

@@ -1,9 +1,16 @@
-"""adaptive_exit.speech: progressive speech enhancement that exits when successive stages converge."""
-from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset, synthetic_speech
-from .enhance import enhance_waveform
-from .metrics import score, si_sdr
-from .model import EnhancerConfig, ProgressiveEnhancer
-from .stft import STFT
+"""adaptive_exit.speech: progressive speech enhancement that exits when successive stages converge.
 
-__all__ = ["EnhancerConfig", "MixtureDataset", "PairedFolder", "ProgressiveEnhancer", "STFT", "SpeechCollator",
-           "SyntheticDataset", "enhance_waveform", "score", "si_sdr", "synthetic_speech"]
+Names are imported on first use, so a command's ``--help`` stays light.
+"""
+from __future__ import annotations
+
+from adaptive_exit.lazy import lazy_exports
+
+_EXPORTS = {
+    "data": ["MixtureDataset", "PairedFolder", "SpeechCollator", "SyntheticDataset", "synthetic_speech"],
+    "enhance": ["enhance_waveform"],
+    "metrics": ["score", "si_sdr"],
+    "model": ["EnhancerConfig", "ProgressiveEnhancer"],
+    "stft": ["STFT"],
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -53,13 +53,29 @@ def read_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> tuple[n
     return check_audio(resample(audio, sr, target_sr), str(path)), sr, len(audio)
 
 
-def save_audio(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE) -> None:
-    """Write a 16-bit WAV atomically."""
+def save_audio(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> int:
+    """Write a WAV atomically; returns how many samples were clipped to [-1, 1] (integer
+    formats only: ``FLOAT`` keeps any level)."""
     import soundfile as sf
 
     from adaptive_exit import io
 
-    io.write_with(path, lambda tmp: sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16", format="WAV"))
+    clipped = 0
+    if not subtype.startswith(("FLOAT", "DOUBLE")):
+        clipped = int(np.count_nonzero(np.abs(audio) > 1.0))
+        audio = np.clip(audio, -1.0, 1.0)
+    io.write_with(path, lambda tmp: sf.write(str(tmp), audio, sr, subtype=subtype, format="WAV"))
+    return clipped
+
+
+def is_float_file(path: str | os.PathLike) -> bool:
+    """Does the file store floating-point samples (which may exceed +-1)?"""
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).subtype in ("FLOAT", "DOUBLE")
+    except Exception:  # noqa: BLE001 - unreadable files are reported by read_audio
+        return False
 
 
 def list_audio(folder: str | os.PathLike) -> list[Path]:

@@ -9,64 +9,113 @@ from pathlib import Path
 import numpy as np
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("enhance", help="enhance noisy speech files with early exit")
+COMMAND_HELP = {"enhance": "enhance noisy speech files with a saved progressive model under an exit policy"}
+
+
+def register(subparsers, common=None) -> None:
+    from adaptive_exit.cli import add_command
+
+    parser = add_command(
+        subparsers, "enhance", COMMAND_HELP["enhance"],
+        "Enhance a file or every audio file (.wav, .flac, .ogg) under a folder. Outputs are WAVs at each input's "
+        "own sample rate and length, under --output at the input's relative path; nothing that exists is "
+        "overwritten without --overwrite, and inputs are never written. Each file gives one JSON record on "
+        "stdout (stages used, real-time factor, or the error for that file); the rest are still enhanced.",
+        ["adaptive-exit enhance --model runs/speech-voicebank/model --input noisy/ --output enhanced/",
+         "adaptive-exit enhance --model runs/speech-voicebank/model --input a.wav --output out/ --budget mean:0.5"],
+        parents=[common] if common else [])
     parser.add_argument("--model", required=True, help="a saved speech model folder (RUN_DIR/model)")
-    parser.add_argument("--input", required=True, help="a WAV/FLAC file or a folder of them")
-    parser.add_argument("--output", required=True, help="folder for the enhanced WAVs")
+    parser.add_argument("--input", required=True, help="an audio file (.wav, .flac, .ogg) or a folder of them")
+    parser.add_argument("--output", required=True, help="folder for the enhanced WAVs (created if missing)")
+    parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--policy", help="exit policy, e.g. 'patience:1,threshold=0.02,distance=relative'")
-    group.add_argument("--budget", help="a fraction caps every file (0.5 adds budget:max_fraction=0.5 to the default "
-                       "policy); a budget spec (mean:0.4) picks the model's calibrated policy for it")
+    group.add_argument("--policy", help="exit policy, e.g. 'patience:1,threshold=0.02,distance=relative' "
+                       "(default: the model's saved policy)")
+    group.add_argument("--budget", help="a budget, e.g. mean:0.5 (the model's calibrated policy for it) or max:0.5 "
+                       "(the default policy capped at half the stages for every file)")
     parser.set_defaults(func=run)
+
+
+def plan_outputs(files: list[Path], root: Path | None, out_dir: Path) -> dict[Path, Path]:
+    """Where each input's enhanced WAV goes: its path relative to the input folder with a
+    .wav suffix; inputs that would share a name (a.wav, a.flac) keep distinct names
+    (a.wav, a_flac.wav)."""
+    wanted = {f: (f.relative_to(root) if root else Path(f.name)).with_suffix(".wav") for f in files}
+    taken: dict[Path, int] = {}
+    for target in wanted.values():
+        taken[target] = taken.get(target, 0) + 1
+    out = {}
+    for f, target in wanted.items():
+        if taken[target] > 1 and f.suffix.lower() != ".wav":
+            target = target.with_name(f"{f.stem}_{f.suffix.lower().lstrip('.')}.wav")
+        out[f] = out_dir / target
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     """Enhance each file; with several launched processes files are sharded by rank,
     each rank writes its own WAVs, and the main process prints all records in order."""
-    from adaptive_exit.budget import policy_for_request
-    from adaptive_exit.distributed import map_ordered
-    from adaptive_exit.runner import EarlyExitRunner
+    from tqdm.auto import tqdm
 
-    from .audio import list_audio, read_audio, resample, save_audio
+    from adaptive_exit.budget import policy_for_request
+    from adaptive_exit.distributed import current_shard, map_ordered
+    from adaptive_exit.runner import EarlyExitRunner
+    from adaptive_exit.runtime import progress_enabled
+
+    from .audio import is_float_file, list_audio, read_audio, resample, save_audio
     from .domain import load_speech_model
     from .enhance import enhance_waveform
 
+    source, out_dir = Path(args.input), Path(args.output)
+    if not source.exists():
+        raise FileNotFoundError(f"--input {source} not found")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output {out_dir} is a file; give a folder for the enhanced WAVs")
+    if out_dir.resolve() == (source.resolve() if source.is_dir() else source.resolve().parent):
+        raise ValueError(f"--output {out_dir} is the input folder: enhanced files would replace or mix with the "
+                         "originals; give another folder")
+    if source.is_dir():
+        files = [f for f in list_audio(source) if out_dir.resolve() not in f.resolve().parents]
+        if not files:
+            raise ValueError(f"--input {source} holds no audio files (.wav, .flac, .ogg)")
+    else:
+        files = [source]
+    targets = plan_outputs(files, source if source.is_dir() else None, out_dir)
     model, default_policy = load_speech_model(args.model)
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
-    source = Path(args.input)
-    if source.is_dir():
-        files = list_audio(source)
-    elif source.is_file():
-        files = [source]
-    else:
-        raise FileNotFoundError(f"input not found: {source}")
-    out_dir = Path(args.output)
 
     def enhance(path: Path) -> dict:
         record: dict = {"input": str(path)}
+        target = targets[path]
         try:
+            if target.exists() and not args.overwrite:
+                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
             audio, orig_sr, orig_len = read_audio(path, model.sample_rate)  # mono at the model rate, or a clear ValueError
             start = time.perf_counter()
             enhanced, result = enhance_waveform(runner, audio)
             seconds = time.perf_counter() - start
             enhanced = _fit_length(resample(enhanced, model.sample_rate, orig_sr), orig_len)
-            target = out_dir / (path.stem + ".wav")
-            save_audio(target, enhanced, orig_sr)
+            clipped = save_audio(target, enhanced, orig_sr, "FLOAT" if is_float_file(path) else "PCM_16")
             duration = len(audio) / model.sample_rate
             record.update({"output": str(target), "exit_stage": int(result.exit_stage[0]), "stages_used": int(result.exit_stage[0]) + 1,
                            "num_stages": model.num_stages, "cost_fraction": float(result.cost[0]) / result.full_cost,
                            "duration_s": duration, "sample_rate": orig_sr, "processing_s": seconds,
                            "rtf": seconds / duration})
-        except (ValueError, FileNotFoundError) as exc:
-            record["error"] = str(exc)
+            if clipped:
+                record["warning"] = f"{clipped} samples above full scale were clipped in the 16-bit output"
+        except (ValueError, OSError, RuntimeError) as exc:  # this file fails; the others are still enhanced
+            record["error"] = " ".join(str(exc).split())
         return record
 
     failures = printed = 0
+    bar = tqdm(total=len(files), desc="enhancing", unit="file", leave=False,
+               disable=len(files) < 2 or not current_shard().is_main or not progress_enabled())
     for record in map_ordered(files, enhance):  # sharded by file under torchrun / accelerate launch
         printed += 1
+        bar.update(1)
         failures += "error" in record
         print(json.dumps(record), flush=True)
+    bar.close()
     return 1 if printed and failures == printed else 0
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from adaptive_exit.domain import Domain
+from adaptive_exit.fields import bounded
 from adaptive_exit.metrics import Metric, register_metric
 from adaptive_exit.policies import ExitPolicy
 
@@ -39,16 +40,22 @@ class SpeechDataConfig:
     clean_dirs: list = field(default_factory=lambda: ["clean_speech"])
     noise_dirs: list = field(default_factory=lambda: ["noise_clips"])
     paired_dir: str | None = None  # evaluation pairs ("test" split), e.g. voicebank_demand_16k
-    train_size: int = 2000
-    dev_size: int = 64
-    seconds: float = 3.0
+    train_size: int = bounded(2000, ge=1)
+    dev_size: int = bounded(64, ge=1)
+    seconds: float = bounded(3.0, gt=0)
     snr_low: float = -5.0
     snr_high: float = 15.0
-    heldout_files: float = 0.1  # fraction of clean files kept out of training for the dev mixtures
-    babble_prob: float = 0.0  # training mixtures only: chance the noise is babble from 3-6 other training talkers
+    heldout_files: float = bounded(0.1, gt=0, lt=1)  # fraction of clean files kept out of training for the dev mixtures
+    babble_prob: float = bounded(0.0, ge=0, le=1)  # training mixtures only: chance the noise is babble from 3-6 other training talkers
     noise_eq: bool = False  # training mixtures only: random first-order spectral tilt of the noise
-    synth_noise_prob: float = 0.0  # training mixtures only: chance the noise is procedurally generated (noise_synth.py)
+    synth_noise_prob: float = bounded(0.0, ge=0, le=1)  # training mixtures only: chance the noise is procedurally generated (noise_synth.py)
     heldout_noises: list = field(default_factory=list)  # noise file names kept out of training; the dev mixtures use only these (validation on unseen noise)
+
+    def __post_init__(self) -> None:
+        if self.snr_low > self.snr_high:
+            raise ValueError(f"data.snr_low ({self.snr_low}) must be <= data.snr_high ({self.snr_high})")
+        if self.babble_prob + self.synth_noise_prob > 1:
+            raise ValueError(f"data.babble_prob + data.synth_noise_prob must be <= 1, got {self.babble_prob + self.synth_noise_prob}")
 
 
 def split_noises(noise: list[Path], heldout: Sequence[str], split: str) -> list[Path]:

@@ -1,11 +1,16 @@
 """adaptive_exit.text: early exit for Hugging Face encoders (PABEE, DeeBERT, FastBERT),
-and for sequence labeling with sentence- (SENTEE) and token-level (TOKEE) exits."""
-from .architectures import ARCHITECTURES, EncoderAdapter
-from .data import TASKS, TextCollator, read_glue_tsv
-from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification, EarlyExitOutput
-from .token_model import EarlyExitForTokenClassification
+and for sequence labeling with sentence- (SENTEE) and token-level (TOKEE) exits.
 
-__all__ = [
-    "ARCHITECTURES", "EncoderAdapter", "TASKS", "TextCollator", "read_glue_tsv",
-    "EarlyExitConfig", "EarlyExitForSequenceClassification", "EarlyExitOutput", "EarlyExitForTokenClassification",
-]
+Names are imported on first use (transformers is heavy; a command's ``--help`` needs none of it).
+"""
+from __future__ import annotations
+
+from adaptive_exit.lazy import lazy_exports
+
+_EXPORTS = {
+    "architectures": ["ARCHITECTURES", "EncoderAdapter"],
+    "data": ["TASKS", "TextCollator", "read_glue_tsv"],
+    "modeling": ["EarlyExitConfig", "EarlyExitForSequenceClassification", "EarlyExitOutput"],
+    "token_model": ["EarlyExitForTokenClassification"],
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

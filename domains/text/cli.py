@@ -1,27 +1,47 @@
-"""``adaptive-exit predict``: early-exit inference on text, one JSON line per input."""
+"""``adaptive-exit predict`` and ``self-sample``: early-exit inference on text, one JSON
+line per input line, and self-sampling fine-tuning for token-level exits.
+
+Imports here stay light (argparse, json): the domain is loaded when a command runs.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Iterator, TextIO, Union
+from typing import Iterator, Union
 
-import torch
+COMMAND_HELP = {
+    "predict": "classify, score or tag text with a saved early-exit model (one JSON line per input line)",
+    "self-sample": "self-sampling fine-tuning of a tagger for token-level exit (TOKEE)",
+}
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("predict", help="classify, score or tag text with a saved early-exit model")
+def register(subparsers, common=None) -> None:
+    from adaptive_exit.cli import add_command
+
+    parser = add_command(
+        subparsers, "predict", COMMAND_HELP["predict"],
+        "Run a saved text model under an exit policy. Each input line gives one JSON record on stdout, in input "
+        "order: label and probability (classification), score (regression) or word tags (taggers), with the "
+        "layer each input exited at. A line that cannot be read gets an error record; the rest are answered. "
+        "Typed input is answered as soon as no more is waiting.",
+        ["echo 'a gripping, funny film' | adaptive-exit predict --model runs/sst2-pabee/model",
+         "adaptive-exit predict --model runs/sst2-pabee/model --input reviews.txt --budget mean:0.5",
+         "adaptive-exit predict --model runs/conll2003/model --token-exit 0.1:1 --input sentences.txt"],
+        parents=[common] if common else [])
     parser.add_argument("--model", required=True, help="a saved model folder (RUN_DIR/model)")
-    parser.add_argument("--input", default="-", help="a text file with one input per line ('-' for stdin); "
-                        "a tab separates the two sentences of a pair; taggers split a line into words at whitespace")
+    parser.add_argument("--input", default="-", help="a UTF-8 text file with one input per line, or - for stdin "
+                        "(default: -); a tab separates the two texts of a pair; taggers split a line into words "
+                        "at whitespace")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--policy", default=None, help="exit policy (default: the model's saved policy)")
-    group.add_argument("--budget", default=None, help="a fraction caps every input (0.5); a budget spec (mean:0.4) "
-                       "picks the model's calibrated policy for it")
+    group.add_argument("--policy", default=None, help="exit policy, e.g. patience:2 or entropy:0.3 "
+                       "(default: the model's saved policy)")
+    group.add_argument("--budget", default=None, help="a budget, e.g. mean:0.4 (the model's calibrated policy for "
+                       "it) or max:0.5 (the default policy capped at half the layers for every input)")
     parser.add_argument("--token-exit", default=None, metavar="THRESHOLD[:WINDOW]",
                         help="taggers only: token-level exit (TOKEE) at this uncertainty threshold and window "
                         "(default window 1) instead of the sentence-level policy")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="inputs per batch (default: 32)")
     parser.set_defaults(func=run)
 
 
@@ -37,31 +57,42 @@ def parse_token_exit(text: str) -> tuple[float, int]:
     return parsed
 
 
-def _lines(handle: TextIO) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(handle, start=1):
-        yield number, line.rstrip("\n").rstrip("\r")
-
-
 Job = Union[dict, list]  # an error record, or a batch of (line number, example)
 
 
-def _jobs(handle: TextIO, batch_size: int) -> Iterator[Job]:
-    """Input lines grouped into batches in input order; empty lines become error records."""
+def parse_line(text: str, number: int, tagger: bool) -> dict:
+    """An example from one input line; ValueError (naming the line) for empty text or
+    more than two tab-separated fields."""
+    if tagger:  # words, not sentence pairs: a tab is whitespace
+        text = text.replace("\t", " ")
+    fields = text.split("\t")
+    if len(fields) > 2:
+        raise ValueError(f"line {number}: {len(fields)} tab-separated fields; expected one text, or a pair separated by one tab")
+    if any(not f.strip() for f in fields):
+        raise ValueError(f"line {number}: empty text")
+    return {"text": fields[0], "text_pair": fields[1] if len(fields) == 2 else None, "label": None}
+
+
+def _jobs(source, batch_size: int, tagger: bool = False) -> Iterator[Job]:
+    """Input lines grouped into batches in input order; unreadable lines become error
+    records. A batch is also cut when no further input is waiting (typed input)."""
+    from adaptive_exit.inputs import decode_line
+
     pending: list[tuple[int, dict]] = []
-    for number, line in _lines(handle):
-        text, _, pair = line.partition("\t")
-        if not text.strip() or ("\t" in line and not pair.strip()):
+    for number, raw in source:
+        try:
+            example = parse_line(decode_line(raw, number), number, tagger)
+        except ValueError as exc:
             if pending:
                 yield pending  # keep output in input order
                 pending = []
-            yield {"line": number, "error": "empty text"}
+            yield {"line": number, "error": str(exc)}
             continue
-        example = {"text": text, "text_pair": pair if "\t" in line else None, "label": None}
         if pending and (pending[0][1]["text_pair"] is None) != (example["text_pair"] is None):
-            yield pending  # single sentences and pairs are batched separately
+            yield pending  # single texts and pairs are batched separately
             pending = []
         pending.append((number, example))
-        if len(pending) >= batch_size:
+        if len(pending) >= batch_size or not source.ready():
             yield pending
             pending = []
     if pending:
@@ -71,8 +102,11 @@ def _jobs(handle: TextIO, batch_size: int) -> Iterator[Job]:
 def run(args: argparse.Namespace) -> int:
     """Stream predictions; under torchrun/accelerate launch the batches are sharded
     across processes and the main process prints every line in input order."""
+    import torch
+
     from adaptive_exit.budget import policy_for_request
     from adaptive_exit.distributed import map_ordered
+    from adaptive_exit.inputs import LineSource
     from adaptive_exit.runner import EarlyExitRunner
 
     from .data import TextCollator
@@ -89,11 +123,7 @@ def run(args: argparse.Namespace) -> int:
     collate = TextCollator(model.tokenizer, model.config.max_seq_length)
     labels = model.config.label_names
 
-    def predict(job: Job) -> list[dict]:
-        if isinstance(job, dict):
-            return [job]
-        if tagger:
-            return tag(model, runner, token_exit, job)
+    def classify(job: list) -> list[dict]:
         batch = collate([example for _, example in job])
         with torch.no_grad():
             result = runner(batch)
@@ -112,22 +142,29 @@ def run(args: argparse.Namespace) -> int:
             records.append(record)
         return records
 
-    handle = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")
-    if tagger:  # words, not sentence pairs: a tab is whitespace
-        handle = (line.replace("\t", " ") for line in handle)
+    def predict(job: Job) -> list[dict]:
+        if isinstance(job, dict):
+            return [job]
+        try:
+            return tag(model, runner, token_exit, job) if tagger else classify(job)
+        except (ValueError, RuntimeError, IndexError) as exc:  # this batch fails; later input is still read
+            return [{"line": number, "error": f"cannot process: {' '.join(str(exc).split())[:300]}"} for number, _ in job]
+
+    source = LineSource(args.input)
     try:
-        for records in map_ordered(_jobs(handle, args.batch_size), predict):
+        for records in map_ordered(_jobs(source, args.batch_size, tagger), predict):
             for record in records:
-                print(json.dumps(record), flush=True)
+                print(json.dumps(record, ensure_ascii=False), flush=True)
     finally:
-        if handle is not sys.stdin:
-            handle.close()
+        source.close()
     return 0
 
 
 def tag(model, runner, token_exit: tuple[float, int] | None, job: list) -> list[dict]:
     """Word tags for a batch of lines with a token-classification model: the whole
     sentence exits under the runner's policy, or each token on its own (TOKEE)."""
+    import torch
+
     from .conll import TokenCollator, tags_from_logits
     from .tokee import token_exit as run_token_exit
 
@@ -153,18 +190,27 @@ def tag(model, runner, token_exit: tuple[float, int] | None, job: list) -> list[
     return records
 
 
-def register_self_sample(subparsers) -> None:
-    parser = subparsers.add_parser("self-sample", help="self-sampling fine-tuning of a tagger for token-level exit (TOKEE)")
+def register_self_sample(subparsers, common=None) -> None:
+    from adaptive_exit.cli import add_command
+
+    parser = add_command(
+        subparsers, "self-sample", COMMAND_HELP["self-sample"],
+        "Fine-tune a copy of a token-classification model on the states token-level exit produces (tokens "
+        "halted and copied), so its exits learn what they will see at inference. Writes a new run folder.",
+        ["adaptive-exit self-sample --model runs/conll2003/model --output runs/conll2003-ss --steps 300"],
+        parents=[common] if common else [])
     parser.add_argument("--model", required=True, help="a saved token-classification model (RUN_DIR/model); "
                         "its run's config.yaml gives the training data")
     parser.add_argument("--output", required=True, help="a new run folder: OUTPUT/model and OUTPUT/config.yaml")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--max-threshold", type=float, default=0.4, help="thresholds are drawn from [0, this]")
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per step (default: 32)")
+    parser.add_argument("--lr", type=float, default=2e-5, help="learning rate (default: 2e-5)")
+    parser.add_argument("--max-threshold", type=float, default=0.4,
+                        help="thresholds are drawn uniformly from [0, this] (default: 0.4)")
     parser.add_argument("--full-fraction", type=float, default=0.0,
-                        help="share of batches trained on full-model states (the joint loss), to keep the full model")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="share of batches trained on full-model states (the joint loss), to keep the full model "
+                             "(default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.set_defaults(func=run_self_sample)
 
 

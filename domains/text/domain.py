@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from adaptive_exit import io
 from adaptive_exit.domain import Domain
+from adaptive_exit.fields import bounded
 from adaptive_exit.losses import MultiExitObjective
 from adaptive_exit.policies import ExitPolicy, build_policy
 
@@ -51,8 +52,8 @@ class TextModelConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
     head_style: str = "pabee"
     pooling: str = "cls"
-    exit_dropout: float = 0.1
-    max_seq_length: int = 128
+    exit_dropout: float = bounded(0.1, ge=0, lt=1)
+    max_seq_length: int = bounded(128, ge=2)
 
 
 @dataclass
@@ -60,8 +61,8 @@ class TextDataConfig:
     task: str = "sst2"  # sst2, stsb (GLUE TSV) or conll2003 (CoNLL files, token classification)
     data_dir: str | None = None  # folder with train.tsv/dev.tsv (CoNLL: train/valid/test.txt); default $ADAPTIVE_EXIT_DATA/<task folder>
     hf_dataset: bool = False  # load by Hugging Face datasets name instead (online)
-    train_subset: int | None = None  # random subset of the training set (None: all)
-    dev_subset: int | None = None
+    train_subset: int | None = bounded(None, ge=1)  # random subset of the training set (None: all)
+    dev_subset: int | None = bounded(None, ge=1)
     subset_seed: int = 0
 
 

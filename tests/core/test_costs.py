@@ -109,14 +109,15 @@ def test_cli_calibrates_a_saved_model_to_flops_and_latency_budgets(tmp_path, cap
     capsys.readouterr()
     target = 0.6 * full
     assert main(["calibrate", "--model", str(run_dir / "model"), "--data", "dev", "--budget", f"flops:{target}"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    assert "Calibrated to flops:" in capsys.readouterr().out  # a human summary; the figures are in calibration.json
+    result = json.loads((run_dir / "calibration.json").read_text())
     assert result["calibration"]["unit"] == "flops" and result["calibration"]["achieved"] <= target
     assert json.loads((run_dir / "model" / "config.json").read_text())["default_policy"] == result["policy"]
     assert "flops/size=" in (run_dir / "model" / "costs.json").read_text()
     # a latency percentile: achieved p95 on the calibration half is within the target
     p95_full = float(torch.quantile(pipeline.cost_table("dev", "ms")[:, -1], 0.95))
     assert main(["calibrate", "--model", str(run_dir / "model"), "--budget", f"p95:{0.7 * p95_full}ms"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads((run_dir / "calibration.json").read_text())
     assert result["calibration"]["unit"] == "ms" and result["calibration"]["achieved"] <= 0.7 * p95_full
     # a missing model folder is a clear error
     assert main(["calibrate", "--model", str(tmp_path / "nope"), "--budget", "mean:0.5"]) == 2

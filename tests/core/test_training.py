@@ -106,7 +106,7 @@ def test_corrupt_checkpoint_gives_clear_error(tmp_path):
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "last.pt").write_bytes(b"garbage")
     cfg = TrainConfig(max_steps=2, batch_size=16, progress=False)
-    with pytest.raises(RuntimeError, match="cannot resume from checkpoint"):
+    with pytest.raises(ValueError, match="cannot resume from checkpoint"):
         Trainer(model, train, collate_toy, DOMAIN.objective(cfg), cfg, tmp_path).train()
 
 

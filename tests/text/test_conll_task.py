@@ -177,7 +177,7 @@ def test_predict_tags_words_with_sentence_or_token_exits(conll_run, tmp_path, ca
         assert main(["predict", "--model", model_dir, "--input", str(inputs), "--batch-size", "2", *extra]) == 0
         lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
         assert [l["line"] for l in lines] == [1, 2, 3]
-        assert lines[1] == {"line": 2, "error": "empty text"}
+        assert lines[1] == {"line": 2, "error": "line 2: empty text"}
         assert lines[2]["words"] == ["bad", "acting", "is", "fun"]
         for record in (lines[0], lines[2]):
             assert len(record["tags"]) == len(record["words"]) == len(record["exit_layers"])

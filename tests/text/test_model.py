@@ -133,7 +133,7 @@ def test_predict_cli_prints_json_lines(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(inputs), "--batch-size", "2"]) == 0
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert [l["line"] for l in lines] == [1, 2, 3, 4]
-    assert lines[1] == {"line": 2, "error": "empty text"}
+    assert lines[1] == {"line": 2, "error": "line 2: empty text"}
     for record in (lines[0], lines[2], lines[3]):
         assert record["label"] in (0, 1) and 0.5 <= record["score"] <= 1.0 and 2 <= record["exit_layer"] <= 4
     assert lines[3]["text_pair"] == "is fun"
