@@ -66,7 +66,7 @@ def configure_threads(requested: int | str | None = None) -> int:
         threads = parse_threads(os.environ.get(THREADS_ENV))
     if threads is None:
         threads = min(_TORCH_DEFAULT, idle_cores())
-        logger.info("threads: %d (auto: %d cores, load %.2f)", threads, os.cpu_count() or 1,
+        logger.debug("threads: %d (auto: %d cores, load %.2f)", threads, os.cpu_count() or 1,
                     os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
     torch.set_num_threads(threads)
     return threads

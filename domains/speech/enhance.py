@@ -17,7 +17,12 @@ def enhance_waveform(runner: EarlyExitRunner, audio: np.ndarray | Tensor) -> tup
     and policy); returns the enhanced waveform (same length) and the exit result."""
     model = runner.model
     wav = torch.as_tensor(np.asarray(audio, dtype=np.float32) if not isinstance(audio, Tensor) else audio).float()
+    length = wav.shape[-1]
+    if length == 0:
+        raise ValueError("the audio is empty (0 samples)")
+    if length <= model.stft.n_fft // 2:  # too short for a centred STFT frame: zero-pad, then cut back
+        wav = torch.nn.functional.pad(wav, (0, model.stft.n_fft - length))
     spec, frames = model.stft.batch([wav])
     result = runner({"noisy_spec": spec, "frames": frames})
-    enhanced = model.stft.waveform(result.output[0, ..., : int(frames[0])], wav.shape[-1])
+    enhanced = model.stft.waveform(result.output[0, ..., : int(frames[0])], wav.shape[-1])[:length]
     return enhanced.numpy(), result

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    source = LineSource(args.input)  # a missing file or a folder fails before the model loads
     model, default_policy = load_text_model(args.model)
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
     tagger = model.config.task == "token-classification"
@@ -150,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, RuntimeError, IndexError) as exc:  # this batch fails; later input is still read
             return [{"line": number, "error": f"cannot process: {' '.join(str(exc).split())[:300]}"} for number, _ in job]
 
-    source = LineSource(args.input)
     try:
         for records in map_ordered(_jobs(source, args.batch_size, tagger), predict):
             for record in records:

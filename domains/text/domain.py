@@ -80,6 +80,7 @@ class TextDomain(Domain):
 
         task = get_task(data_cfg.task)
         path = resolve_model_path(model_cfg.name_or_path)
+        follow_progress_setting()
         if task.kind == "token-classification":
             model = EarlyExitForTokenClassification.from_backbone(
                 path, label_names=list(task.labels), exit_dropout=model_cfg.exit_dropout,
@@ -166,6 +167,16 @@ def conll_file(folder: Path, split: str) -> Path:
     return path
 
 
+def follow_progress_setting() -> None:
+    """transformers' own progress bars (weight loading) follow -q like ours."""
+    from adaptive_exit.runtime import progress_enabled
+
+    if not progress_enabled():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification | EarlyExitForTokenClassification, ExitPolicy]:
     """Load a saved early-exit text model (sequence or token classification) with its
     tokenizer; clear errors for bad folders."""
@@ -174,6 +185,7 @@ def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassificatio
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model file missing: {path / 'config.json'} (is {path} a saved adaptive-exit text model?)")
+    follow_progress_setting()
     try:
         config = EarlyExitConfig.from_pretrained(path)
         model_class = (EarlyExitForTokenClassification if config.task == "token-classification"

@@ -1,0 +1,70 @@
+"""Any string a user can type for a policy, a budget or an override gives a valid object
+or a clean ValueError, never another exception."""
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adaptive_exit.budget import BudgetSpec
+from adaptive_exit.config import ConfigError, load_recipe
+from adaptive_exit.policies import ExitPolicy, build_policy
+
+from .conftest import DEMO
+
+NAMES = ["patience", "entropy", "max_prob", "normalized_entropy", "budget", "full", "confidence", "oracle", "never"]
+ATOMS = st.one_of(
+    st.text(max_size=30),
+    st.builds(lambda n, a: f"{n}:{a}", st.sampled_from(NAMES), st.text(alphabet="0123456789.,=-eE abcdinfthrsoldmx_", max_size=25)),
+)
+SPECS = st.recursive(ATOMS, lambda inner: st.one_of(
+    st.builds(lambda a, b, op: f"{a} {op} {b}", inner, inner, st.sampled_from(["|", "&", "||", "&&", ""])),
+    st.builds(lambda a: f"({a})", inner), st.builds(lambda a: f"({a}", inner)), max_leaves=6)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SPECS)
+def test_policy_specs_parse_or_fail_cleanly(text):
+    try:
+        policy = build_policy(text)
+    except ValueError:
+        return
+    assert isinstance(policy, ExitPolicy)
+    assert build_policy(policy.spec()) == policy  # the canonical spec round-trips
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["type", "threshold", "measure", "patience", "policies", "max_stages", "x"]),
+                       st.one_of(st.none(), st.integers(-3, 5), st.floats(allow_nan=True), st.text(max_size=8),
+                                 st.lists(st.text(max_size=12), max_size=3)), max_size=4))
+def test_policy_dicts_parse_or_fail_cleanly(spec):
+    try:
+        policy = build_policy(spec)
+    except ValueError:
+        return
+    assert build_policy(policy.spec()) == policy
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(max_size=20), st.builds(lambda k, v: f"{k}:{v}",
+                                                 st.sampled_from(["mean", "max", "stages", "flops", "ms", "p95", "p0", "p100", "rtf", "x"]),
+                                                 st.text(alphabet="0123456789.-+eEinfaGgkKmMsT%", max_size=10))))
+def test_budget_strings_parse_or_fail_cleanly(text):
+    try:
+        budget = BudgetSpec.parse(text)
+    except ValueError:
+        return
+    assert budget.value > 0 and BudgetSpec.parse(str(budget)) == budget
+
+
+KEYS = ["train.lr", "train.max_steps", "train.batch_size", "train.max_grad_norm", "eval.metrics", "eval.policy",
+        "model.hidden", "data.min_len", "seed", "train", "calibrate.heldout_fraction", "runtime.threads", "unknown.key",
+        "train.resume", "plugins"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.text(max_size=25), st.builds(lambda k, v: f"{k}={v}", st.sampled_from(KEYS),
+                                                          st.text(max_size=15))), max_size=3))
+def test_overrides_give_a_recipe_or_a_config_error(overrides):
+    try:
+        recipe, _ = load_recipe(DEMO, overrides)
+    except ConfigError:
+        return
+    assert recipe.domain == "toy"
