@@ -8,7 +8,8 @@ from __future__ import annotations
 from adaptive_exit.lazy import lazy_exports
 
 _EXPORTS = {
-    "architectures": ["ARCHITECTURES", "EncoderAdapter"],
+    "architectures": ["OVERRIDES", "Override"],
+    "encoder": ["LayerwiseEncoder"],
     "data": ["TASKS", "TextCollator", "read_glue_tsv"],
     "modeling": ["EarlyExitConfig", "EarlyExitForSequenceClassification", "EarlyExitOutput"],
     "token_model": ["EarlyExitForTokenClassification"],

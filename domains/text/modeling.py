@@ -30,7 +30,7 @@ from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.staged import all_exit_outputs
 from adaptive_exit.traces import Trace, replay
 
-from .architectures import EncoderAdapter
+from .encoder import ENCODER_INPUTS, Captured, LayerwiseEncoder
 
 HEAD_STYLES = ("pabee", "deebert")
 TASKS = ("classification", "regression", "token-classification")  # token: see token_model.py
@@ -139,13 +139,42 @@ class EncoderStages:
         self.config.default_policy = self._policy.spec()
 
     def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
-        input_ids, mask2d = batch["input_ids"], batch["attention_mask"]
-        hidden = self.adapter.embed(input_ids, batch.get("token_type_ids"))
-        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
+        """The backbone's own forward prepares the embeddings and each layer's arguments."""
+        captured = self.adapter.capture({k: batch[k] for k in ENCODER_INPUTS if k in batch})
+        return {"hidden": captured.hidden, "mask2d": batch["attention_mask"], "captured": captured,
+                "embeddings": captured.hidden}
 
     def run_stage(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
-        state["hidden"] = self.adapter.layer(k)(state["hidden"], state["mask"])
+        state["hidden"] = self.adapter.run_layer(k, state["hidden"], state["captured"], state)
         return state
+
+    def exit_hidden(self, state: dict[str, Any]) -> Tensor:
+        """What an exit reads: the hidden states after whatever the encoder applies after
+        its last layer (a pre-LN model's final LayerNorm; nothing for BERT-style models)."""
+        return self.adapter.post(state["hidden"])
+
+    def select_rows(self, state: dict[str, Any], keep: Tensor, trim: bool) -> dict[str, Any]:
+        """Keep rows ``keep``. With ``trim``, drop trailing columns that are padding for every
+        kept row (the longest inputs may have exited), so later layers run on shorter
+        sequences. When the width shrinks or the kept rows have no padding left, the
+        layers' arguments are prepared again for the kept inputs (sdpa then needs no mask);
+        otherwise their batch rows are selected."""
+        mask2d = state["mask2d"].index_select(0, keep)
+        hidden = state["hidden"].index_select(0, keep)
+        width = mask2d.shape[1]
+        if trim:
+            real = mask2d.any(dim=0).nonzero()
+            width = int(real[-1]) + 1 if len(real) else 1
+        padding_gone = not bool(state["mask2d"].all()) and bool(mask2d[:, :width].all())
+        captured = state["captured"]
+        if width < mask2d.shape[1] or padding_gone:
+            inputs = {name: value.index_select(0, keep.to(value.device))[:, :width] for name, value in captured.inputs.items()}
+            fresh = self.adapter.capture(inputs)
+            hidden, mask2d = hidden[:, :width], mask2d[:, :width]
+            captured = Captured(hidden, fresh.calls, fresh.inputs)
+        else:
+            captured = self.adapter.select(captured, keep)
+        return {**state, "hidden": hidden, "mask2d": mask2d, "captured": captured, "embeddings": None}
 
     def stage_cost(self, k: int) -> float:
         return 1.0
@@ -157,7 +186,7 @@ class EncoderStages:
                 raise ValueError("EarlyExitConfig.backbone is empty: build the model with from_backbone(name_or_path)")
             backbone = AutoModel.from_config(AutoConfig.for_model(**config.backbone))
         self.backbone = backbone
-        self.adapter = EncoderAdapter(backbone)
+        self.adapter = LayerwiseEncoder(backbone)
         self.num_stages = self.adapter.num_layers
         return backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
 
@@ -201,19 +230,10 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
 
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
         pooler = self.pooler if self.poolers is None else self.poolers[k]
-        return self.classifiers[k](self.dropout(pooler(state["hidden"], state["mask2d"])))
+        return self.classifiers[k](self.dropout(pooler(self.exit_hidden(state), state["mask2d"])))
 
     def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
-        hidden = state["hidden"].index_select(0, keep)
-        mask2d = state["mask2d"].index_select(0, keep)
-        # Drop trailing columns that are padding for every kept row (the longest
-        # sentences may have exited): later layers then run on shorter sequences.
-        real = mask2d.any(dim=0).nonzero()
-        width = int(real[-1]) + 1 if len(real) else 1
-        if width < mask2d.shape[1]:
-            hidden, mask2d = hidden[:, :width], mask2d[:, :width]
-        # Rebuild the mask for the kept rows: None when none of them is padded (sdpa's fast path).
-        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d)}
+        return self.select_rows(state, keep, trim=True)
 
     def exit_parameters(self):
         """The exit heads (poolers and classifiers): new weights, trained at ``train.head_lr``."""

@@ -31,7 +31,7 @@ def self_sampling_loss(model, batch: dict[str, Tensor], threshold: float, window
     (up to the dropout the encoder layers would add)."""
     adapter = model.adapter
     mask2d = batch["attention_mask"].bool()
-    hidden = adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
+    hidden = adapter.embed(batch["input_ids"], batch.get("token_type_ids"), batch["attention_mask"])
     active = mask2d.clone()
     own = torch.zeros(mask2d.shape, device=hidden.device)
     losses = []

@@ -132,7 +132,7 @@ def token_exit(model, batch: dict[str, Tensor], threshold: float, window: int = 
         raise ValueError(f"threshold and window must be >= 0, got {threshold}, {window}")
     adapter = model.adapter
     mask2d = batch["attention_mask"].bool()
-    hidden = adapter.embed(batch["input_ids"], batch.get("token_type_ids"))
+    hidden = adapter.embed(batch["input_ids"], batch.get("token_type_ids"), batch["attention_mask"])
     b, t, h = hidden.shape
     for k in range(model.num_stages):
         check_layer(adapter.layer(k))

@@ -75,15 +75,13 @@ class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
         return state
 
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
-        logits = self.classifiers[k](self.dropout(state["hidden"]))
+        logits = self.classifiers[k](self.dropout(self.exit_hidden(state)))
         return torch.where(state["scored"].unsqueeze(-1), logits, certain_logits(logits.shape[-1], logits))
 
     def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
         # Unlike sentence classification, padding columns are kept: every exit output of
         # a batch must have the same number of token positions.
-        hidden, mask2d = select_rows(state["hidden"], keep), select_rows(state["mask2d"], keep)
-        return {"hidden": hidden, "mask2d": mask2d, "mask": self.adapter.attention_mask(hidden, mask2d),
-                "scored": select_rows(state["scored"], keep)}
+        return {**self.select_rows(state, keep, trim=False), "scored": select_rows(state["scored"], keep)}
 
     def exit_parameters(self):
         yield from self.classifiers.parameters()
