@@ -296,8 +296,9 @@ def _summary(trace: Trace, result: ExitResult, budget: BudgetSpec, metric: str, 
     }
 
 
-def candidate_policies(families: dict[str, Iterable[Any]]) -> list[ExitPolicy]:
-    return [build_policy(spec) for family, values in families.items() for spec, _ in expand_family(family, values)]
+def candidate_policies(families: dict[str, Any], trace: Trace | None = None) -> list[ExitPolicy]:
+    """Every policy of the families (quantile grids are taken on ``trace``)."""
+    return [build_policy(spec) for family, values in families.items() for spec, _ in expand_family(family, values, trace)]
 
 
 def calibrate(

@@ -205,9 +205,14 @@ def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Load, override and validate a recipe. Returns (Recipe, resolved dict)."""
-    data = apply_overrides(load_yaml(path), overrides or [])
-    import_plugins(data.get("plugins"), str(path))
-    recipe = from_dict(Recipe, data, source=str(path))
+    return recipe_from_dict(load_yaml(path), overrides, str(path))
+
+
+def recipe_from_dict(data: dict, overrides: list[str] | None = None, source: str = "") -> tuple[Recipe, dict]:
+    """Override and validate a recipe given as a dict (e.g. built by a command)."""
+    data = apply_overrides(data, overrides or [])
+    import_plugins(data.get("plugins"), source)
+    recipe = from_dict(Recipe, data, source=source)
     return recipe, recipe_to_dict(recipe)
 
 

@@ -121,15 +121,59 @@ def evaluate_policy(trace: Trace, policy: ExitPolicy | str | dict, metrics: Sequ
     return make_row(trace, replay(trace, policy), policy.spec(), family, param, metrics)
 
 
-def expand_family(family: str, values: Iterable[Any]) -> list[tuple[str, Any]]:
-    """``("patience", [1, 2])`` -> specs; a family with ``{}`` is a template."""
+def expand_family(family: str, values: Iterable[Any] | str | dict, trace: Trace | None = None) -> list[tuple[str, Any]]:
+    """``("patience", [1, 2])`` -> specs; a family with ``{}`` is a template. Values may
+    also be ``"quantiles:N"`` (or ``{quantiles: N}``): N thresholds at evenly spaced
+    quantiles of the measure the policy thresholds (entropy, max probability, distance
+    between stages) on ``trace``, so one grid fits models of any confidence."""
     template = family if "{}" in family else family + ":{}"
+    count = quantile_count(values)
+    if count is not None:
+        if trace is None:
+            raise ValueError(f"sweep {family!r}: quantile thresholds need the recorded trace")
+        values = threshold_quantiles(template, count, trace)
+    elif isinstance(values, (str, dict)) or not isinstance(values, Iterable):
+        raise ValueError(f"sweep {family!r}: expected a list of values or 'quantiles:N', got {values!r}")
     return [(template.format(v), v) for v in values]
 
 
-def sweep(trace: Trace, family: str, values: Iterable[Any], metrics: Sequence[str]) -> list[Row]:
+def quantile_count(values: Any) -> int | None:
+    """N for ``"quantiles:N"`` / ``{"quantiles": N}``; None for a plain list."""
+    raw = None
+    if isinstance(values, str) and values.strip().lower().startswith("quantiles"):
+        raw = values.partition(":")[2].strip() or "10"
+    elif isinstance(values, dict) and set(values) == {"quantiles"}:
+        raw = values["quantiles"]
+    if raw is None:
+        return None
+    try:
+        count = int(raw)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise ValueError(f"quantile sweeps need a positive count ('quantiles:10'), got {values!r}")
+    return count
+
+
+def threshold_quantiles(template: str, count: int, trace: Trace) -> list[float]:
+    """``count`` thresholds at the (i + 0.5) / count quantiles of the policy's measure on
+    the trace, at three significant digits, without repeats."""
+    try:
+        probe = build_policy(template.format(0.5))
+        values = probe.threshold_values(trace.outputs.double())
+    except ValueError as exc:
+        raise ValueError(f"{template}: quantile grids fill in a threshold, and this family's value is not one ({exc})") from None
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        raise ValueError(f"{template}: no finite values of its measure on this trace")
+    levels = (torch.arange(count, dtype=torch.float64) + 0.5) / count
+    picked = torch.quantile(values, levels).tolist()
+    return sorted({float(f"{v:.3g}") for v in picked})
+
+
+def sweep(trace: Trace, family: str, values: Iterable[Any] | str | dict, metrics: Sequence[str]) -> list[Row]:
     name = family.split(":")[0]
-    return [evaluate_policy(trace, spec, metrics, family=name, param=v) for spec, v in expand_family(family, values)]
+    return [evaluate_policy(trace, spec, metrics, family=name, param=v) for spec, v in expand_family(family, values, trace)]
 
 
 def static_rows(trace: Trace, metrics: Sequence[str]) -> list[Row]:

@@ -313,8 +313,9 @@ class Pipeline:
             raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
         dev_index, held_index = split_indices(trace.num_samples, cal.heldout_fraction, seed=self.recipe.seed)
         costs = self.cost_table(split or cal.split, budget.unit, remeasure) if budget.needs_cost_model else None
+        calibration = trace.subset(dev_index)
         return calibrate_trace(
-            trace.subset(dev_index), candidate_policies(families), budget, self.recipe.eval.metrics[0],
+            calibration, candidate_policies(families, calibration), budget, self.recipe.eval.metrics[0],
             heldout=trace.subset(held_index),
             costs=None if costs is None else costs[dev_index], heldout_costs=None if costs is None else costs[held_index],
         )

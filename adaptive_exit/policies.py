@@ -67,6 +67,12 @@ class ExitPolicy:
         """The canonical string that :func:`build_policy` turns back into this policy."""
         raise NotImplementedError
 
+    def threshold_values(self, outputs: Tensor) -> Tensor:
+        """The values this policy compares with its threshold, for every sample and stage
+        of (N, L, ...) recorded outputs (flattened); sweeps take their quantiles so that a
+        grid fits any model's own confidence range."""
+        raise ValueError(f"policy {self.name!r} has no threshold to take quantiles of")
+
     def __or__(self, other: "ExitPolicy") -> "AnyOf":
         return AnyOf([self, other])
 
@@ -218,6 +224,11 @@ class Patience(ExitPolicy):
             return torch.zeros(output.shape[0], dtype=torch.bool, device=output.device)
         return state["counter"] >= self.patience
 
+    def threshold_values(self, outputs):
+        if self.threshold is None:
+            raise ValueError("plain patience has no threshold; quantiles need patience:P,threshold={},distance=...")
+        return torch.cat([DISTANCES[self.distance](outputs[:, k], outputs[:, k + 1]) for k in range(outputs.shape[1] - 1)])
+
     def spec(self):
         if self.threshold is None:
             return f"patience:{self.patience}"
@@ -272,6 +283,9 @@ class Confidence(ExitPolicy):
             raise ValueError("confidence policies need class logits (last dimension >= 2); use patience with a threshold for regression")
         score = self.score(output)
         return score >= self.threshold if self.measure == "max_prob" else score <= self.threshold
+
+    def threshold_values(self, outputs):
+        return torch.cat([self.score(outputs[:, k]) for k in range(max(1, outputs.shape[1] - 1))])  # the last stage exits anyway
 
     def spec(self):
         return f"{self.measure}:{self.threshold:g}"

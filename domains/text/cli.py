@@ -13,6 +13,7 @@ from typing import Iterator, Union
 COMMAND_HELP = {
     "predict": "classify, score or tag text with a saved early-exit model (one JSON line per input line)",
     "self-sample": "self-sampling fine-tuning of a tagger for token-level exit (TOKEE)",
+    "convert": "add early exits to your fine-tuned classifier (its own head stays the last exit)",
 }
 
 
@@ -246,4 +247,86 @@ def run_self_sample(args: argparse.Namespace) -> int:
                                                   "history": history})
     domain.save_model(model, output / "model", policy)
     print(json.dumps({"model": str(output / "model"), "steps": cfg.steps, "final_loss": history[-1]["loss"]}))
+    return 0
+
+
+def register_convert(subparsers, common=None) -> None:
+    from adaptive_exit.cli import add_command
+
+    parser = add_command(
+        subparsers, "convert", COMMAND_HELP["convert"],
+        "Turn a fine-tuned AutoModelForSequenceClassification (a local folder or a hub id) into an early-exit "
+        "model: its own classification head stays the last exit, so its predictions are unchanged, and a new exit "
+        "goes after every earlier layer. --scheme two-stage (default, DeeBERT's second stage) trains only the new "
+        "exits; joint fine-tunes everything. Data: CSV, TSV or JSON Lines files with a text column (and a second "
+        "one for pairs) and a label column. Then the run is evaluated like any recipe (sweeps, oracle, timing) and "
+        "its resolved recipe is saved as RUN_DIR/config.yaml.",
+        ["adaptive-exit convert --model my-finetuned-bert/ --train train.csv --dev dev.csv --output runs/my-exits",
+         "adaptive-exit convert --model textattack/bert-base-uncased-MRPC --train train.tsv --dev dev.tsv "
+         "--text-column '#1 String' --text-pair-column '#2 String' --label-column Quality --output runs/mrpc",
+         "adaptive-exit convert --model cls/ --train t.jsonl --dev d.jsonl --scheme joint train.max_steps=2000 --output runs/x"],
+        parents=[common] if common else [])
+    parser.add_argument("--model", required=True, help="a fine-tuned sequence classifier: a folder or a Hugging Face hub id")
+    parser.add_argument("--train", required=True, help="training file (.csv, .tsv, .jsonl)")
+    parser.add_argument("--dev", required=True, help="development file: evaluation, sweeps and calibration")
+    parser.add_argument("--test", help="optional test file (evaluate later with eval.split=test)")
+    parser.add_argument("--output", required=True, help="the run folder to create (RUN_DIR/model, config.yaml, results)")
+    parser.add_argument("--text-column", default="text", help="column of the text (default: text)")
+    parser.add_argument("--text-pair-column", default=None, help="column of the second text, for pair tasks")
+    parser.add_argument("--label-column", default="label", help="column of the label (default: label)")
+    parser.add_argument("--column-names", default=None, help="comma-separated column names, for files without a header")
+    parser.add_argument("--scheme", choices=("two-stage", "joint"), default="two-stage",
+                        help="two-stage: train only the new exits (default); joint: fine-tune everything")
+    parser.add_argument("--steps", type=int, default=1000, help="training steps (default: 1000)")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default: 32)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: 1e-3 two-stage, 2e-5 joint)")
+    parser.add_argument("--max-length", type=int, default=128, help="max tokens per input (default: 128)")
+    parser.add_argument("--budget", default=None, help="also calibrate to this budget, e.g. mean:0.5")
+    parser.add_argument("overrides", nargs="*", default=[], help="key.path=value settings over the generated recipe")
+    parser.set_defaults(func=run_convert)
+
+
+def convert_recipe(args: argparse.Namespace) -> dict:
+    """The recipe ``convert`` runs, from its options (saved as RUN_DIR/config.yaml)."""
+    from transformers import AutoConfig
+
+    from .domain import resolve_model_path
+
+    path = resolve_model_path(args.model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--model {args.model}: cannot read a model config ({' '.join(str(exc).split())[:300]})") from None
+    regression = config.num_labels == 1 or getattr(config, "problem_type", None) == "regression"
+    files = {"train": args.train, "dev": args.dev, **({"test": args.test} if args.test else {})}
+    metrics = ["pearson", "spearman", "mse"] if regression else ["accuracy", "f1_macro", "mcc"]
+    sweeps = ({"patience:{},threshold=0.1,distance=abs": [1, 2, 3]} if regression else
+              {"patience": [1, 2, 3, 4], "normalized_entropy": "quantiles:8"})
+    two_stage = args.scheme == "two-stage"
+    return {
+        "domain": "text", "run_dir": args.output,
+        "model": {"name_or_path": args.model, "from_classifier": True, "max_seq_length": args.max_length},
+        "data": {"task": "regression" if regression else "classification", "files": files,
+                 "text_column": args.text_column, "text_pair_column": args.text_pair_column, "label_column": args.label_column,
+                 "column_names": args.column_names.split(",") if args.column_names else None},
+        "train": {"scheme": args.scheme, "first_phase_fraction": 0.0 if two_stage else 0.5, "max_steps": args.steps,
+                  "batch_size": args.batch_size, "lr": args.lr or (1e-3 if two_stage else 2e-5), "warmup_steps": 50},
+        "eval": {"split": "dev", "metrics": metrics, "policy": "patience:2", "sweeps": sweeps},
+        "calibrate": {"budget": args.budget, "split": "dev"},
+    }
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from adaptive_exit.config import recipe_from_dict
+    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.runtime import configure_threads
+    from adaptive_exit.summary import run_summary
+
+    recipe, _ = recipe_from_dict(convert_recipe(args), args.overrides, source="adaptive-exit convert")
+    if getattr(args, "threads", None) is None:
+        configure_threads(recipe.runtime.threads)
+    pipeline = Pipeline(recipe)
+    report = pipeline.run()
+    if report is not None:
+        print(run_summary(report, pipeline))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +18,7 @@ from adaptive_exit.losses import MultiExitObjective
 from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .conll import IGNORE, TokenCollator, read_conll
-from .data import TextCollator, get_task, load_hf_split, read_glue_tsv
+from .data import KINDS, TASKS, TaskSpec, TextCollator, infer_label_names, load_hf_split, read_table
 from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification
 from .token_metrics import register_conll_metrics
 from .token_model import EarlyExitForTokenClassification, certain_logits
@@ -54,16 +54,48 @@ class TextModelConfig:
     pooling: str = "cls"
     exit_dropout: float = bounded(0.1, ge=0, lt=1)
     max_seq_length: int = bounded(128, ge=2)
+    from_classifier: bool = False  # name_or_path is a fine-tuned sequence classifier: keep its head as the last exit
 
 
 @dataclass
 class TextDataConfig:
-    task: str = "sst2"  # sst2, stsb (GLUE TSV) or conll2003 (CoNLL files, token classification)
-    data_dir: str | None = None  # folder with train.tsv/dev.tsv (CoNLL: train/valid/test.txt); default $ADAPTIVE_EXIT_DATA/<task folder>
-    hf_dataset: bool = False  # load by Hugging Face datasets name instead (online)
+    """The ``data:`` section: a built-in task, or any CSV/TSV/JSONL dataset declared here."""
+
+    task: str = "sst2"  # built in: sst2, stsb, conll2003; or classification | regression | token-classification with data.files
+    data_dir: str | None = None  # folder of the files; default $ADAPTIVE_EXIT_DATA/<task folder> for built-in tasks
+    files: dict = field(default_factory=dict)  # split -> file, e.g. {train: train.csv, dev: dev.csv}; default <split>.tsv
+    format: str = "auto"  # csv | tsv | jsonl | auto (from the file suffix); TSV has no quoting (GLUE), CSV standard quoting
+    text_column: str = "text"
+    text_pair_column: str | None = None  # the second text of a pair task
+    label_column: str = "label"
+    column_names: list | None = None  # headerless files: the column names in order (e.g. GLUE CoLA)
+    label_names: list | None = None  # classification: the labels in id order; default: the sorted values in train
+    value_range: list | None = None  # regression: [low, high] targets must lie in
+    hf_dataset: bool = False  # load by Hugging Face datasets name (online): the built-in task's, or data.hf_name
+    hf_name: str | None = None  # e.g. "glue/mrpc" or "imdb" (path[/config])
     train_subset: int | None = bounded(None, ge=1)  # random subset of the training set (None: all)
     dev_subset: int | None = bounded(None, ge=1)
+    test_subset: int | None = bounded(None, ge=1)  # e.g. a fixed, seeded evaluation subset of a large test set
     subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS and self.task not in KINDS:
+            raise ValueError(f"data.task must be a built-in task ({', '.join(sorted(TASKS))}) or one of {KINDS}, got {self.task!r}")
+        if self.value_range is not None and (len(self.value_range) != 2 or self.value_range[0] > self.value_range[1]):
+            raise ValueError(f"data.value_range must be [low, high], got {self.value_range}")
+
+
+def task_spec(cfg: TextDataConfig) -> TaskSpec:
+    """The task a data section describes (a built-in one, or one declared column by column)."""
+    if cfg.task in TASKS:
+        spec = TASKS[cfg.task]
+        return replace(spec, files=tuple(cfg.files.items()) or spec.files, format=cfg.format)
+    hf = tuple(cfg.hf_name.split("/", 1)) if cfg.hf_name else None
+    return TaskSpec(cfg.text_column, cfg.text_pair_column, cfg.label_column, cfg.task,
+                    labels=tuple(str(x) for x in cfg.label_names or ()),
+                    value_range=tuple(cfg.value_range) if cfg.value_range else None, hf_name=hf,
+                    files=tuple(cfg.files.items()), column_names=tuple(cfg.column_names) if cfg.column_names else None,
+                    format=cfg.format)
 
 
 class TextDomain(Domain):
@@ -78,18 +110,30 @@ class TextDomain(Domain):
     def build_model(self, model_cfg: TextModelConfig, data_cfg: TextDataConfig) -> nn.Module:
         from transformers import AutoTokenizer
 
-        task = get_task(data_cfg.task)
+        task = task_spec(data_cfg)
         path = resolve_model_path(model_cfg.name_or_path)
         follow_progress_setting()
+        if model_cfg.from_classifier:
+            if task.kind == "token-classification":
+                raise ValueError("model.from_classifier converts sequence classifiers; this task is token classification")
+            model = EarlyExitForSequenceClassification.from_classifier(
+                path, head_style=model_cfg.head_style, exit_dropout=model_cfg.exit_dropout,
+                max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling)
+            if model.config.task != task.kind:
+                raise ValueError(f"{model_cfg.name_or_path} is a {model.config.task} model but data.task is {task.kind}")
+            model.tokenizer = AutoTokenizer.from_pretrained(path)
+            return model
+        labels = list(self.label_names(data_cfg)) if task.kind != "regression" else None
         if task.kind == "token-classification":
             model = EarlyExitForTokenClassification.from_backbone(
-                path, label_names=list(task.labels), exit_dropout=model_cfg.exit_dropout,
+                path, label_names=labels, exit_dropout=model_cfg.exit_dropout,
                 max_seq_length=model_cfg.max_seq_length,
             )
         else:
             model = EarlyExitForSequenceClassification.from_backbone(
-                path, num_labels=task.num_labels, task=task.kind, head_style=model_cfg.head_style,
+                path, num_labels=len(labels) if labels else 1, task=task.kind, head_style=model_cfg.head_style,
                 exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
+                label_names=labels,
             )
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model
@@ -109,20 +153,37 @@ class TextDomain(Domain):
         io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
 
     # -- data
-    def load_split(self, data_cfg: TextDataConfig, split: str, seed: int) -> Sequence[Any]:
-        key = (data_cfg.task, data_cfg.data_dir, data_cfg.hf_dataset, split)
+    def label_names(self, data_cfg: TextDataConfig) -> tuple[str, ...]:
+        """Classification labels in id order: declared, built in, or the sorted values in train."""
+        task = task_spec(data_cfg)
+        if task.labels:
+            return task.labels
+        examples = self._examples(data_cfg, task, "train")
+        if task.kind == "token-classification":
+            return tuple(sorted({tag for e in examples for tag in e["tags"]}, key=lambda t: (t != "O", t)))
+        return infer_label_names(examples)
+
+    def _examples(self, data_cfg: TextDataConfig, task: TaskSpec, split: str) -> list:
+        key = (task, data_cfg.data_dir, data_cfg.hf_dataset, split)
         if key not in self._split_cache:
-            task = get_task(data_cfg.task)
-            folder = Path(data_cfg.data_dir) if data_cfg.data_dir else Path(default_data_dir()) / task.folder
-            if data_cfg.hf_dataset:
+            if data_cfg.hf_dataset or (data_cfg.hf_name and not data_cfg.files):
                 examples = load_hf_split(task, split)
-            elif task.kind == "token-classification":
-                examples = read_conll(conll_file(folder, split), task.labels)
             else:
-                examples = read_glue_tsv(folder / f"{split}.tsv", task)
+                if data_cfg.data_dir:
+                    folder = Path(data_cfg.data_dir)
+                else:  # built-in tasks live in the shared data folder; declared files are relative to the working directory
+                    folder = Path(default_data_dir()) / task.folder if data_cfg.task in TASKS else Path(".")
+                if task.kind == "token-classification":
+                    examples = read_conll(conll_file(folder, split) if not task.files else folder / task.file_for(split),
+                                          task.labels or None)
+                else:
+                    examples = read_table(folder / task.file_for(split), task, require_labels=split in ("train", "dev"))
             self._split_cache[key] = examples
-        examples = self._split_cache[key]
-        limit = {"train": data_cfg.train_subset, "dev": data_cfg.dev_subset}.get(split)
+        return self._split_cache[key]
+
+    def load_split(self, data_cfg: TextDataConfig, split: str, seed: int) -> Sequence[Any]:
+        examples = self._examples(data_cfg, task_spec(data_cfg), split)
+        limit = {"train": data_cfg.train_subset, "dev": data_cfg.dev_subset, "test": data_cfg.test_subset}.get(split)
         if limit and limit < len(examples):
             order = list(range(len(examples)))
             random.Random(data_cfg.subset_seed).shuffle(order)
@@ -132,7 +193,8 @@ class TextDomain(Domain):
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
         if model.config.task == "token-classification":
             return TokenCollator(model.tokenizer, model.config.label_names, model.config.max_seq_length)(samples)
-        return TextCollator(model.tokenizer, model.config.max_seq_length, model.config.task == "regression")(samples)
+        return TextCollator(model.tokenizer, model.config.max_seq_length, model.config.task == "regression",
+                            model.config.label_names)(samples)
 
     # -- training / evaluation
     def objective(self, train_cfg, model: nn.Module | None = None) -> MultiExitObjective:

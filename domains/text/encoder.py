@@ -256,6 +256,33 @@ class LayerwiseEncoder:
         hidden = first.args[0] if isinstance(first.hidden_at, int) else first.kwargs[first.hidden_at]
         return Captured(hidden, calls, {k: v for k, v in inputs.items() if isinstance(v, Tensor)}, marks)
 
+    def through_head(self, model: nn.Module, hidden: Tensor, inputs: dict[str, Tensor]) -> Any:
+        """``model(**inputs)`` (a model built on this backbone, e.g. its fine-tuned
+        sequence classifier) with ``hidden`` as its last layer's output: earlier layers pass
+        their input through and the last returns ``hidden``, so everything the model does
+        after its layers (final norm, pooler, classification head) is its own code."""
+        self._ensure_ready()
+        layers, count = self._layers, [0]
+        tuple_len = self._returns_tuple
+
+        def passthrough(module: nn.Module):
+            first = next(iter(inspect.signature(type(module).forward.__get__(module)).parameters))
+
+            def call(*args, **kwargs):
+                count[0] += 1
+                out = hidden if count[0] == self.num_layers else (args[0] if args else kwargs[first])
+                return out if tuple_len is None else (out,) + (None,) * (tuple_len - 1)
+            return call
+
+        with _CAPTURE_LOCK:
+            for layer in layers:
+                layer.forward = passthrough(layer)
+            try:
+                return model(**{k: v for k, v in inputs.items() if k in inspect.signature(model.forward).parameters})
+            finally:
+                for layer in layers:
+                    del layer.forward
+
     def post(self, hidden: Tensor) -> Tensor:
         """What the encoder applies after its last layer (identity for post-LN models)."""
         self._ensure_ready()
@@ -296,6 +323,12 @@ class LayerwiseEncoder:
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return self.capture(inputs).hidden
+
+    def pooler_dense(self) -> nn.Linear | None:
+        """The backbone's pooler dense layer, left in place."""
+        pooler = getattr(self.backbone, "pooler", None)
+        dense = pooler if isinstance(pooler, nn.Linear) else getattr(pooler, "dense", None)
+        return dense if isinstance(dense, nn.Linear) else None
 
     def take_pooler(self) -> nn.Linear | None:
         """Detach the backbone's pooler dense layer (so no parameter goes unused); the

@@ -54,6 +54,7 @@ class EarlyExitConfig(PretrainedConfig):
         default_policy: str = "patience:2",
         max_seq_length: int = 128,
         label_names: list | None = None,
+        classifier: dict | None = None,
         **kwargs,
     ):
         if task not in TASKS:
@@ -64,6 +65,8 @@ class EarlyExitConfig(PretrainedConfig):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if task == "regression":
             num_labels = 1
+        if label_names and task != "regression" and not kwargs.get("id2label"):
+            kwargs["id2label"] = {i: str(name) for i, name in enumerate(label_names)}
         id2label = kwargs.get("id2label")
         if num_labels is None:
             num_labels = len(id2label) if id2label else 2
@@ -79,6 +82,7 @@ class EarlyExitConfig(PretrainedConfig):
         self.default_policy = default_policy
         self.max_seq_length = max_seq_length
         self.label_names = label_names
+        self.classifier = classifier  # a converted fine-tuned classifier's own config: its head is the last exit
 
 
 try:  # lets AutoConfig / AutoTokenizer read a saved model folder without warnings
@@ -179,21 +183,28 @@ class EncoderStages:
     def stage_cost(self, k: int) -> float:
         return 1.0
 
-    def _attach_backbone(self, config: EarlyExitConfig, backbone: nn.Module | None) -> int:
-        """Take the given backbone (or build one from ``config.backbone``); return its hidden size."""
+    def _attach_backbone(self, config: EarlyExitConfig, backbone: nn.Module | None, register: bool = True) -> int:
+        """Take the given backbone (or build one from ``config.backbone``); return its hidden
+        size. ``register=False``: it is already a submodule elsewhere (a converted
+        classifier's), so it is referenced, not registered twice."""
         if backbone is None:
             if not config.backbone:
                 raise ValueError("EarlyExitConfig.backbone is empty: build the model with from_backbone(name_or_path)")
             backbone = AutoModel.from_config(AutoConfig.for_model(**config.backbone))
-        self.backbone = backbone
+        if register:
+            self.backbone = backbone
+        else:
+            self.__dict__["backbone"] = backbone
         self.adapter = LayerwiseEncoder(backbone)
         self.num_stages = self.adapter.num_layers
         return backbone.config.hidden_size if hasattr(backbone.config, "hidden_size") else backbone.config.dim
 
-    def _attach_exits(self, config: EarlyExitConfig, hidden: int) -> None:
-        """One linear exit per layer (small normal init), exit dropout, the default policy."""
+    def _attach_exits(self, config: EarlyExitConfig, hidden: int, count: int | None = None) -> None:
+        """One linear exit per layer (``count``: the first so many; small normal init), exit
+        dropout, the default policy."""
         self.dropout = nn.Dropout(config.exit_dropout)
-        self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(self.num_stages))
+        count = self.num_stages if count is None else count
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, config.num_labels) for _ in range(count))
         for classifier in self.classifiers:
             nn.init.normal_(classifier.weight, std=0.02)
             nn.init.zeros_(classifier.bias)
@@ -201,21 +212,39 @@ class EncoderStages:
 
 
 class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
-    """An encoder with an exit classifier (or regressor) after every layer."""
+    """An encoder with an exit classifier (or regressor) after every layer.
 
-    def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None):
+    Converted from a fine-tuned classifier (:meth:`from_classifier`), the last exit is
+    that classifier's own head, run by its own code, so its predictions are unchanged;
+    the earlier layers get new exits.
+    """
+
+    def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None, classifier: nn.Module | None = None):
         super().__init__(config)
-        hidden = self._attach_backbone(config, backbone)
-        dense = self.adapter.take_pooler()
+        converted = bool(config.classifier)
+        if converted:
+            if classifier is None:
+                from transformers import AutoModelForSequenceClassification
+
+                classifier = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**config.classifier))
+            self.original = classifier
+            backbone = classifier.base_model
+        hidden = self._attach_backbone(config, backbone, register=not converted)
+        dense = self.adapter.pooler_dense() if converted else self.adapter.take_pooler()  # a converted head keeps its pooler
+        num_new = self.num_stages - 1 if converted else self.num_stages
         if config.head_style == "pabee":
             self.pooler = ExitPooler(hidden, dense, config.pooling)
             self.poolers = None
         else:
             self.pooler = None
             final = ExitPooler(hidden, dense, config.pooling)
-            self.poolers = nn.ModuleList(copy.deepcopy(final) for _ in range(self.num_stages))
-        self._attach_exits(config, hidden)
+            self.poolers = nn.ModuleList(copy.deepcopy(final) for _ in range(num_new))
+        self._attach_exits(config, hidden, num_new)
         self.post_init()
+
+    @property
+    def converted(self) -> bool:
+        return bool(self.config.classifier)
 
     # ------------------------------------------------------------------ construction
 
@@ -226,9 +255,31 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         config = EarlyExitConfig(backbone=backbone.config.to_dict(), num_labels=num_labels, task=task, **kwargs)
         return cls(config, backbone=backbone)
 
+    @classmethod
+    def from_classifier(cls, name_or_path: str, **kwargs) -> "EarlyExitForSequenceClassification":
+        """Convert a fine-tuned ``AutoModelForSequenceClassification`` (a hub name or a local
+        path): its own head becomes the last exit (predictions unchanged), new exits go after
+        every earlier layer. Labels and the task (regression when it has one output) come
+        from the checkpoint."""
+        from transformers import AutoModelForSequenceClassification
+
+        classifier = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+        cfg = classifier.config
+        task = "regression" if cfg.num_labels == 1 or cfg.problem_type == "regression" else "classification"
+        if getattr(cfg, "problem_type", None) == "multi_label_classification":
+            raise ValueError(f"{name_or_path} is a multi-label classifier; only single-label classification and "
+                             "regression can be converted")
+        labels = None if task == "regression" else [str(cfg.id2label[i]) for i in range(cfg.num_labels)]
+        kwargs.setdefault("label_names", labels)
+        config = EarlyExitConfig(backbone=classifier.base_model.config.to_dict(), num_labels=cfg.num_labels, task=task,
+                                 classifier=cfg.to_dict(), **kwargs)
+        return cls(config, classifier=classifier)
+
     # ------------------------------------------------------------------ StagedModel
 
     def exit_output(self, k: int, state: dict[str, Any]) -> Tensor:
+        if self.converted and k == self.num_stages - 1:
+            return self.adapter.through_head(self.original, state["hidden"], state["captured"].inputs).logits
         pooler = self.pooler if self.poolers is None else self.poolers[k]
         return self.classifiers[k](self.dropout(pooler(self.exit_hidden(state), state["mask2d"])))
 
@@ -241,8 +292,11 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         yield from self.classifiers.parameters()
 
     def backbone_parameters(self):
-        """Trained in phase 1 of two-stage/distill schemes and frozen in phase 2:
-        the encoder and the final exit."""
+        """Trained in phase 1 of two-stage/distill schemes and frozen in phase 2: the
+        encoder and the final exit (a converted classifier: all of it, head included)."""
+        if self.converted:
+            yield from self.original.parameters()
+            return
         yield from self.backbone.parameters()
         if self.poolers is None:
             yield from self.pooler.parameters()

@@ -170,3 +170,41 @@ def test_registered_metric_scores_rows_and_drives_the_oracle():
             build_report(trace, {}, ["hits_no_oracle"])
     finally:
         unregister_metric("hits"), unregister_metric("hits_no_oracle")
+
+
+def test_quantile_grids_fit_the_model_own_confidence():
+    from adaptive_exit.evaluation import expand_family
+    from adaptive_exit.policies import build_policy
+
+    gen = torch.Generator().manual_seed(0)
+    # an unconfident model: every entropy is above 0.6 nats, so a fixed SST-2 grid (0.05..0.3) never exits
+    logits = torch.randn(200, 4, 3, generator=gen) * 0.3
+    trace = Trace(logits, [1.0] * 4, targets=torch.randint(0, 3, (200,), generator=gen))
+    fixed = sweep(trace, "entropy", [0.05, 0.1, 0.2, 0.3], ["accuracy"])
+    assert all(r.mean_stages == 4 for r in fixed)
+    specs = expand_family("entropy", "quantiles:5", trace)
+    thresholds = [v for _, v in specs]
+    assert len(thresholds) == 5 and thresholds == sorted(thresholds) and min(thresholds) > 0.6
+    rows = sweep(trace, "entropy", {"quantiles": 5}, ["accuracy"])
+    assert len({round(r.mean_stages, 3) for r in rows}) == 5 and rows[-1].mean_stages < rows[0].mean_stages
+    assert [s for s, _ in expand_family("patience:1,threshold={},distance=abs", "quantiles:3", trace)]
+    with pytest.raises(ValueError, match="quantile grids fill in a threshold"):
+        expand_family("patience", "quantiles:3", trace)
+    with pytest.raises(ValueError, match="need the recorded trace"):
+        expand_family("entropy", "quantiles:3")
+    with pytest.raises(ValueError, match="positive count"):
+        expand_family("entropy", "quantiles:x", trace)
+    assert build_policy(specs[0][0]).spec() == specs[0][0]
+
+
+def test_classification_metrics_f1_and_mcc_drive_the_oracle():
+    from adaptive_exit.evaluation import oracle_exit_stage, score
+    from adaptive_exit.metrics import get_metric
+
+    trace = labelled_trace([[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 0]], targets=[1, 0, 1, 1])
+    last = torch.full((4,), 2)
+    assert score(trace, last, "f1") == pytest.approx(get_metric("f1").compute(trace.outputs[:, 2], trace.targets))
+    for name in ("f1", "f1_macro", "mcc"):
+        stages = oracle_exit_stage(trace, name)
+        assert score(trace, stages, name) >= score(trace, last, name)
+        assert score(trace, stages, name) > score(trace, last, name)  # samples 0-2 are right somewhere, 3 never

@@ -12,17 +12,17 @@ def write(tmp_path, text):
 def test_reads_sst2_with_quotes_as_text(tmp_path):
     path = write(tmp_path, 'sentence\tlabel\nit \'s a "charming" film \t1\nbleak\t0\n')
     rows = read_glue_tsv(path, TASKS["sst2"])
-    assert rows == [{"text": 'it \'s a "charming" film', "text_pair": None, "label": 1},
-                    {"text": "bleak", "text_pair": None, "label": 0}]
+    assert rows == [{"text": 'it \'s a "charming" film', "text_pair": None, "label": "1", "where": f"{path}:2"},
+                    {"text": "bleak", "text_pair": None, "label": "0", "where": f"{path}:3"}]
 
 
 def test_reads_stsb_pairs_and_scores(tmp_path):
     path = write(tmp_path, "index\tsentence1\tsentence2\tscore\n0\tA man.\tA person.\t4.25\n")
-    assert read_glue_tsv(path, TASKS["stsb"]) == [{"text": "A man.", "text_pair": "A person.", "label": 4.25}]
+    assert read_glue_tsv(path, TASKS["stsb"]) == [{"text": "A man.", "text_pair": "A person.", "label": 4.25, "where": f"{path}:2"}]
 
 
 @pytest.mark.parametrize("content, message", [
-    ("text\tlabel\nfoo\t1\n", r"data.tsv:1: header .* lacks column\(s\) \['sentence'\]"),
+    ("text\tlabel\nfoo\t1\n", r"data.tsv:1: columns .* lack \['sentence'\]"),
     ("sentence\tlabel\ngood\t1\nbad\t2\n", r"data.tsv:3: label '2' is not one of \['0', '1'\]"),
     ("sentence\tlabel\ngood\t1\nbad\n", r"data.tsv:3: expected 2 tab-separated columns, found 1"),
     ("sentence\tlabel\n \t1\n", r"data.tsv:2: empty text"),
@@ -49,7 +49,7 @@ def test_missing_file(tmp_path):
 def test_real_sst2_dev_reads_cleanly(data_dir):
     rows = read_glue_tsv(data_dir / "glue_sst2" / "dev.tsv", TASKS["sst2"])
     assert len(rows) == 872
-    assert sum(r["label"] for r in rows) == 444
+    assert sum(int(r["label"]) for r in rows) == 444
 
 
 def test_real_stsb_dev_reads_cleanly(data_dir):
