@@ -83,7 +83,7 @@ class Domain:
         raise NotImplementedError
 
     def objective(self, train_cfg: TrainConfig, model: nn.Module | None = None) -> MultiExitObjective:
-        return MultiExitObjective(self.task_loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature)
+        return objective_for(train_cfg, self.task_loss)
 
     def targets(self, batch: Any) -> Tensor | None:
         return None
@@ -114,6 +114,12 @@ class Domain:
     def target_pad_value(self) -> float:
         """Fills the targets of shorter batches in a trace (e.g. an ignore index)."""
         return 0.0
+
+
+def objective_for(train_cfg: TrainConfig, task_loss: Callable, **kwargs: Any) -> MultiExitObjective:
+    """The recipe's training objective (scheme, exit weights, distillation settings) around a task loss."""
+    return MultiExitObjective(task_loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
+                              distill_weight=train_cfg.distill_weight, gradient_rescale=train_cfg.gradient_rescale, **kwargs)
 
 
 def saved_policy(spec: Any, source: str) -> ExitPolicy:

@@ -254,7 +254,9 @@ def sweep_csv(rows: list[Row]) -> str:
 
 
 def plot_rows(rows: list[Row], primary: str, path: str | Path, title: str = "") -> None:
-    """Quality vs speed-up: one line per policy family, static truncation dashed."""
+    """Quality vs speed-up: one line per policy family, static truncation dashed. The axes
+    fit the policies and baselines; the oracle (an upper bound, often far above them) is
+    drawn inside the frame when it fits and otherwise marked at the edge with its value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,26 +266,44 @@ def plot_rows(rows: list[Row], primary: str, path: str | Path, title: str = "") 
     families: dict[str, list[Row]] = {}
     for row in rows:
         families.setdefault(row.family, []).append(row)
+    oracle = families.pop("oracle", [])
     for family, items in families.items():
         items = sorted(items, key=lambda r: r.speedup)
         xs = [r.speedup for r in items]
         ys = [r.metrics[primary] for r in items]
-        if family == "oracle":
-            ax.scatter(xs, ys, marker="*", s=140, color="gold", edgecolor="black", zorder=5, label="oracle")
-        elif family == "static":
+        if family == "static":
             ax.plot(xs, ys, "k--", marker="s", ms=4, label="static truncation")
         else:
             ax.plot(xs, ys, marker="o", ms=4, label=family)
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.speedup)
     if front:
         ax.plot([r.speedup for r in front], [r.metrics[primary] for r in front], color="grey", alpha=0.35, lw=6, zorder=0, label="Pareto front")
+    values = [r.metrics[primary] for items in families.values() for r in items if not math.isnan(r.metrics[primary])]
+    if values:
+        low, high = min(values), max(values)
+        pad = 0.08 * (high - low or abs(high) or 1.0)
+        ax.set_ylim(low - pad, high + pad)
+    for r in oracle:
+        q = r.metrics[primary]
+        bottom, top = ax.get_ylim()
+        if math.isnan(q):
+            continue
+        if bottom <= q <= top:
+            ax.scatter([r.speedup], [q], marker="*", s=140, color="gold", edgecolor="black", zorder=5, label="oracle (upper bound)")
+        else:
+            edge = top if q > top else bottom
+            ax.scatter([r.speedup], [edge], marker="^" if q > top else "v", s=90, color="gold", edgecolor="black", zorder=5,
+                       clip_on=False, label="oracle (upper bound, off scale)")
+            ax.annotate(f"oracle {q:.4g} at {r.speedup:.2f}x", (r.speedup, edge), xytext=(-8, -14 if q > top else 8),
+                        textcoords="offset points", ha="right", fontsize=8)
     ax.set_xlabel("speed-up (stages / mean stages used)")
     ax.set_ylabel(primary)
     ax.set_title(title or f"{primary} vs speed-up")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    io.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    io.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format=fmt))
     plt.close(fig)
 
 

@@ -5,6 +5,11 @@
   freezes them and trains the other exits.
 * distill (FastBERT): phase 1 as two-stage; phase 2 trains the other exits to
   match the final exit's distribution (KL divergence, no labels needed).
+* romebert (RomeBERT, Geng et al. 2021): one stage. The final exit's task loss plus,
+  for every earlier exit i, (1 - gamma) * its task loss + gamma * T^2 * KL(final / T ||
+  exit_i / T) against the final exit (detached), with gradient regularization: the
+  gradient reaching exit i's logits is scaled by 1 / (L - i), so the shallow exits,
+  which have the most layers above them, pull less on the shared backbone.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SCHEMES = ("joint", "two-stage", "distill")
+SCHEMES = ("joint", "two-stage", "distill", "romebert")
 WEIGHT_SCHEMES = ("pabee", "linear", "uniform", "last-heavy")
 
 TaskLoss = Callable[[Tensor, Any], Tensor]
@@ -61,6 +66,48 @@ def distillation_loss(student_logits: Sequence[Tensor], teacher_logits: Tensor, 
     return torch.stack(losses).mean()
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged, with its gradient scaled by ``scale`` on the way back."""
+    return _ScaleGradient.apply(x, scale)
+
+
+def romebert_loss(outputs: Sequence[Tensor], task_loss: Callable[[int, Tensor], Tensor], gamma: float, temperature: float,
+                  rescale: bool = True) -> Tensor:
+    """RomeBERT's self-distillation with gradient regularization (see the module docstring).
+
+    ``task_loss(k, output)`` scores exit k against the labels. The KL term averages over
+    every element of the (batch, classes) table, as the reference code's ``nn.KLDivLoss()``
+    does. Regression outputs (one value) distil with squared error to the final exit."""
+    num = len(outputs)
+    final = outputs[-1]
+    teacher = final.detach()
+    loss = task_loss(num - 1, final)
+    for i, logits in enumerate(outputs[:-1]):
+        if rescale:
+            logits = scale_gradient(logits, 1.0 / (num - i))
+        if final.shape[-1] == 1:
+            soft = F.mse_loss(logits, teacher)
+        else:
+            target = F.log_softmax(teacher / temperature, dim=-1)
+            student = F.log_softmax(logits / temperature, dim=-1)
+            soft = (target.exp() * (target - student)).mean() * temperature**2  # KLDivLoss(reduction="mean")
+        loss = loss + (1.0 - gamma) * task_loss(i, logits) + gamma * soft
+    return loss
+
+
 class MultiExitObjective:
     """Turns every exit's output into one training loss, per scheme and phase.
 
@@ -72,16 +119,20 @@ class MultiExitObjective:
     """
 
     def __init__(self, task_loss: TaskLoss, scheme: str = "joint", weights: str | Sequence[float] = "pabee", temperature: float = 1.0,
-                 exit_batch: ExitBatch | None = None):
+                 exit_batch: ExitBatch | None = None, distill_weight: float = 0.9, gradient_rescale: bool = True):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown training scheme {scheme!r}; expected one of {SCHEMES}")
         if temperature <= 0:
             raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+        if not 0 <= distill_weight <= 1:
+            raise ValueError(f"distillation weight must be in [0, 1], got {distill_weight}")
         self.task_loss = task_loss
         self.scheme = scheme
         self.weights = weights
         self.temperature = temperature
         self.exit_batch = exit_batch
+        self.distill_weight = distill_weight
+        self.gradient_rescale = gradient_rescale
 
     def exit_loss(self, outputs: Sequence[Tensor], batch: Any, k: int) -> Tensor:
         """Task loss of exit k against its own targets."""
@@ -90,10 +141,15 @@ class MultiExitObjective:
 
     @property
     def phases(self) -> int:
-        return 1 if self.scheme == "joint" else 2
+        return 1 if self.scheme in ("joint", "romebert") else 2
 
     def __call__(self, outputs: Sequence[Tensor], batch: Any, phase: int = 1) -> Tensor:
         num = len(outputs)
+        if self.scheme == "romebert":
+            def exit_k_loss(k: int, output: Tensor) -> Tensor:
+                exit_batch = self.exit_batch(batch, k, num) if self.exit_batch else batch
+                return self.task_loss(output, exit_batch)
+            return romebert_loss(outputs, exit_k_loss, self.distill_weight, self.temperature, self.gradient_rescale)
         if self.scheme == "joint":
             weights = exit_weights(self.weights, num)
             return weighted_exit_loss([self.exit_loss(outputs, batch, k) if w else o.new_zeros(()) for k, (o, w) in enumerate(zip(outputs, weights))], weights)

@@ -41,7 +41,7 @@ CHECKPOINT_NAME = "last.pt"
 # Settings a resumed run must share with its checkpoint for the resume to equal an uninterrupted run.
 SHAPING_SETTINGS = ("max_steps", "batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "grad_accum",
                     "max_grad_norm", "mixed_precision", "scheme", "exit_weights", "first_phase_fraction",
-                    "distill_temperature", "seed")
+                    "distill_temperature", "distill_weight", "gradient_rescale", "seed")
 
 
 @dataclass
@@ -60,7 +60,9 @@ class TrainConfig:
     scheme: str = "joint"
     exit_weights: Any = "pabee"
     first_phase_fraction: float = bounded(0.5, ge=0, le=1)
-    distill_temperature: float = bounded(1.0, gt=0)
+    distill_temperature: float = bounded(1.0, gt=0)  # distill / romebert: T (RomeBERT's reference uses 3)
+    distill_weight: float = bounded(0.9, ge=0, le=1)  # romebert: gamma, the share of each early exit's loss from distillation
+    gradient_rescale: bool = True  # romebert: scale the gradient into exit i by 1 / (L - i) (its gradient regularization)
     eval_every: int = bounded(0, ge=0)  # recipes: every N steps, score every exit on ``eval_split`` (train_history.json)
     eval_split: str = "dev"
     keep_best: str | None = None  # recipes: save the model whose last exit scores best on eval_split under this metric

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from adaptive_exit.text.token_eval import envelope_f1_at, rows_from_json
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+")
     parser.add_argument("--at", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     args = parser.parse_args()
     table = []
     for name in args.files:
@@ -36,8 +39,7 @@ def main() -> None:
     for t in table:
         cells = ["beyond" if v is None else f"{100 * v:.2f}" for v in t["tokee_f1_at"].values()]
         print(f"| {t['run']} | {100 * t['full_f1']:.2f} | " + " | ".join(cells) + " |")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "compare_token_exit.json"
+    out = results_path("compare_token_exit.json", args.save)
     out.write_text(json.dumps(table, indent=2))
     print(f"wrote {out}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import platform
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.text.token_eval import (best_within, sentee_f1_at, sentence_level_rows, token_level_row,
                                            wall_clock)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +38,9 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=0.01, help="F1 loss allowed for the wall-clock points")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(RESULTS / "conll_token_exit.json"))
+    parser.add_argument("--out", default=None, help="output JSON (default: conll_token_exit.json under runs/benchmarks/, "
+                        "or benchmarks/results/ with --save)")
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     args = parser.parse_args()
 
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])
@@ -82,7 +86,7 @@ def main() -> None:
         print(f"| {d['name']} | {100 * d['f1']:.2f} | {100 * d['precision']:.2f} | {100 * d['recall']:.2f} | "
               f"{d['mean_layers']:.2f} | {d['flops_speedup']:.2f}x | {at_text} |")
     print(f"wall-clock at batch {args.batch_size}: " + json.dumps({k: v for k, v in timing.items()}, indent=1))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else results_path("conll_token_exit.json", args.save)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": args.run, "split": split, "rows": table, "wall_clock": timing,
                                "machine": platform.processor() or platform.machine(), "torch": torch.__version__},

@@ -8,12 +8,13 @@ policy decisions and compaction per stage as a fraction of one stage's time.
 
     python benchmarks/core_runner.py [--threads 2] [--repeats 20]
 
-Prints a table and writes benchmarks/results/core_runner.json.
+Prints a table and writes runs/benchmarks/core_runner.json (benchmarks/results/ with --save).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import platform
 import time
 from pathlib import Path
@@ -24,6 +25,9 @@ from adaptive_exit import timing
 from adaptive_exit.policies import ExitPolicy, Patience
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.toy import ToyModelConfig, ToyStagedModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
+
 
 
 class HalvingPolicy(ExitPolicy):
@@ -110,7 +114,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "core_runner.json"))
+    parser.add_argument("--out", default=None, help="output JSON (default: core_runner.json under runs/benchmarks/, "
+                        "or benchmarks/results/ with --save)")
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -175,9 +181,10 @@ def main() -> None:
           f"compaction reaches {100 * report['fraction_of_ideal']:.1f}% of it")
     print(f"policy + compaction overhead per stage: {100 * overhead:.2f}% of a stage "
           f"({report['policy_decision_ms_per_stage']:.3f} ms decisions + {report['select_ms_per_stage']:.3f} ms select, stage {report['stage_ms']:.2f} ms)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved {args.out}")
+    out = Path(args.out) if args.out else results_path("core_runner.json", args.save)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
 
 
 def worker(recipe_path: str, overrides: list[str], out: str) -> None:
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     args = parser.parse_args()
     if os.environ.get("ADAPTIVE_EXIT_BENCH_WORKER"):
         worker(args.recipe, args.overrides, args.out)
@@ -96,8 +98,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['world']} | {row['threads']} | {row['seconds']:.2f} | {row['samples_per_s']:.1f} | {row['speedup_vs_first']:.2f}x |")
     print(f"identical traces across process counts: {identical} (max abs difference {max_diff:.2e})")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"sharded_eval_{recipe.domain}.json"
+    path = results_path(f"sharded_eval_{recipe.domain}.json", args.save)
     path.write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides, "domain": recipe.domain,
                                 "split": recipe.eval.split, "batch_size": recipe.eval.batch_size, "cores": args.cores,
                                 "machine": platform.processor() or platform.machine(), "torch": torch.__version__,

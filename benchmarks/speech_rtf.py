@@ -8,12 +8,13 @@ model's default policy and every policy in its budget table (from
 
     python benchmarks/speech_rtf.py [--run runs/speech-voicebank] [--threads 1 2] [--repeats 3]
 
-Prints a table and writes benchmarks/results/speech_rtf.json.
+Prints a table and writes runs/benchmarks/speech_rtf.json (benchmarks/results/ with --save).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import platform
 import statistics
 import time
@@ -27,7 +28,8 @@ from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.speech.enhance import enhance_waveform
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
 
 
 def enhance_all(runner: EarlyExitRunner, audio: list[torch.Tensor]) -> tuple[float, float]:
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/speech-voicebank")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     args = parser.parse_args()
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])
     pipeline = Pipeline(recipe)
@@ -71,8 +74,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['threads']} | {r['point']} | {r['mean_stages']:.2f} | {r['rtf']:.4f} |")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "speech_rtf.json"
+    out = results_path("speech_rtf.json", args.save)
     out.write_text(json.dumps({"run": args.run, "num_utterances": len(audio), "audio_seconds": seconds_of_audio,
                                "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                                "rows": rows}, indent=2))

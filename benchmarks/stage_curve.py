@@ -5,12 +5,14 @@ the change between adjacent stages (and first -> last), from a run's recorded tr
 
 Works for any run whose trace has per-sample quality (speech) or targets the oracle can
 score per sample (accuracy, entity_f1, ...). Prints a table and writes
-benchmarks/results/stage_curve_<run name>.json.
+runs/benchmarks/stage_curve_<run name>.json
+(benchmarks/results/ with --save).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from adaptive_exit.config import load_recipe
 from adaptive_exit.evaluation import per_sample_quality
 from adaptive_exit.pipeline import Pipeline
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
 
 
 def paired_steps(quality: np.ndarray, resamples: int, seed: int) -> list[dict]:
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--split", default=None, help="default: the recipe's eval split")
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     args = parser.parse_args()
 
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])
@@ -61,8 +65,7 @@ def main() -> None:
         print("| step | mean change | 95% interval | verdict |\n|---|---|---|---|")
         for s in steps:
             print(f"| {s['from']} -> {s['to']} | {s['mean']:+.3f} | [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] | {s['verdict']} |")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"stage_curve_{Path(args.run).name}.json"
+    out = results_path(f"stage_curve_{Path(args.run).name}.json", args.save)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
 

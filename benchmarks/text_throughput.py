@@ -10,12 +10,13 @@ gives the same exit layers and labels as one-at-a-time inference.
     adaptive-exit train recipes/text/sst2/pabee.yaml      # once, if the run has no model
     python benchmarks/text_throughput.py [--run runs/sst2-pabee] [--policy patience:2] [--batch-sizes 1 8 32 128]
 
-Prints a table and writes benchmarks/results/text_throughput.json.
+Prints a table and writes runs/benchmarks/text_throughput.json (benchmarks/results/ with --save).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import platform
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.timing import median_time
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _output import results_path  # noqa: E402
 
 
 def timed(runner: EarlyExitRunner, batches: list, repeats: int):
@@ -68,6 +70,7 @@ def main() -> None:
     parser.add_argument("--policy", default="patience:2")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -114,8 +117,7 @@ def main() -> None:
           f"{100 * overhead['fraction_of_full']:.2f}% of the full model's {1000 * overhead['full_batch_s']:.1f} ms")
     worst = min(min(a.values()) for a in agree.values())
     print(f"agreement with one-at-a-time (exit layer and label), worst mode: {worst:.4f}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "text_throughput.json"
+    out = results_path("text_throughput.json", args.save)
     out.write_text(json.dumps({"run": args.run, "policy": args.policy, "split": split, "num_samples": num,
                                "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
                                "torch": torch.__version__, "rows": rows, "agreement": agree, "overhead_batch32": overhead}, indent=2))

@@ -129,7 +129,8 @@ class SpeechDomain(Domain):
         cfg = model.config if model is not None else EnhancerConfig()
         loss = SpectralLoss(cfg.loss_alpha, cfg.si_sdr_weight, cfg.compress)
         return ConvergentObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
-                                   exit_batch=stage_target_batch, change_weight=cfg.change_weight)
+                                   exit_batch=stage_target_batch, change_weight=cfg.change_weight,
+                                   distill_weight=train_cfg.distill_weight, gradient_rescale=train_cfg.gradient_rescale)
 
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
         return SpectralLoss(compress=batch.get("compress", 0.5))(output, batch)

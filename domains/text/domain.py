@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from adaptive_exit import io
-from adaptive_exit.domain import Domain
+from adaptive_exit.domain import Domain, objective_for
 from adaptive_exit.fields import bounded
 from adaptive_exit.losses import MultiExitObjective
 from adaptive_exit.policies import ExitPolicy, build_policy
@@ -201,8 +201,7 @@ class TextDomain(Domain):
         """The model's own task loss (cross-entropy, MSE or token cross-entropy) on every exit."""
         if model is None:
             raise ValueError("the text objective needs the model (its task decides the loss)")
-        return MultiExitObjective(lambda output, batch: model.task_loss(output, batch["labels"]), train_cfg.scheme,
-                                  train_cfg.exit_weights, train_cfg.distill_temperature)
+        return objective_for(train_cfg, lambda output, batch: model.task_loss(output, batch["labels"]))
 
     def targets(self, batch: Any) -> Tensor:
         return batch["labels"]
