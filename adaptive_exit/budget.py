@@ -255,7 +255,7 @@ class BudgetSpec:
             if self.unit == "stages":
                 return result.stages_used.double().cpu()
             if self.unit == "fraction":
-                return result.cost.double().cpu() / result.full_cost
+                return result.fractions.cpu()
             raise ValueError(f"budget {self} needs per-sample costs in {self.unit} from a cost model")
         if costs.shape[0] != result.exit_stage.shape[0]:
             raise ValueError(f"cost table has {costs.shape[0]} samples, the result {result.exit_stage.shape[0]}")

@@ -22,7 +22,8 @@ import logging
 import os
 import platform
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,16 +52,53 @@ def _device(model: StagedModel) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@contextmanager
+def parameters_frozen(module: Any) -> Iterator[None]:
+    """Parameters without requires_grad for a block: FlopCounterMode's module tracker hooks
+    the autograd graph of tensors that require grad, which fails under no_grad for some
+    models (DeBERTa's relative embeddings)."""
+    params = [p for p in module.parameters() if p.requires_grad] if hasattr(module, "parameters") else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def flop_counter() -> FlopCounterMode:
+    """``torch.utils.flop_counter.FlopCounterMode`` that also counts attention on CPU
+    (scaled_dot_product_attention runs ``_scaled_dot_product_flash_attention_for_cpu``
+    there, which the stock counter does not know, so attention would count as 0)."""
+    mapping = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        mapping[op] = _cpu_sdpa_flop
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 @torch.no_grad()
 def count_stage_flops(model: StagedModel, batch: Any) -> list[float]:
     """FLOPs of each stage (including its exit head) per sample of ``batch``."""
+    with parameters_frozen(model):
+        return _count_stage_flops(model, batch)
+
+
+def _count_stage_flops(model: StagedModel, batch: Any) -> list[float]:
     size = None
     counts = []
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         state = model.begin(batch)
     begin_flops = counter.get_total_flops()
     for k in range(model.num_stages):
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             state = model.run_stage(k, state)
             out = model.exit_output(k, state)
         size = size or out.shape[0]

@@ -71,6 +71,12 @@ class Domain:
     def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
         io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
 
+    def post_train(self, model: nn.Module, train_data: Sequence[Any], collate: Callable[[list[Any]], Any],
+                   model_cfg: Any, run_dir: Path) -> bool:
+        """Training a domain runs after the multi-exit training (e.g. learning which tokens
+        to drop); returns whether it changed the model (then it is saved again)."""
+        return False
+
     # -- data
     def load_split(self, data_cfg: Any, split: str, seed: int) -> Sequence[Any]:
         raise NotImplementedError

@@ -187,10 +187,7 @@ def static_rows(trace: Trace, metrics: Sequence[str]) -> list[Row]:
 
 
 def oracle_row(trace: Trace, metrics: Sequence[str], primary: str) -> Row:
-    stages = oracle_exit_stage(trace, primary)
-    cumulative = torch.tensor(trace.stage_costs, dtype=torch.float64).cumsum(0)
-    result = ExitResult(trace.stage_output(stages), stages, cumulative[stages], trace.num_stages, trace.full_cost)
-    return make_row(trace, result, "oracle", "oracle", None, metrics)
+    return make_row(trace, trace.result(oracle_exit_stage(trace, primary)), "oracle", "oracle", None, metrics)
 
 
 def mark_pareto(rows: list[Row], metric: Metric) -> list[Row]:

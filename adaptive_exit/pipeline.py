@@ -112,7 +112,18 @@ class Pipeline:
             self.shard.barrier()
             model, _ = self.load_model()
             logger.info("kept the best validated model: %s", (self.run_dir / BEST_FILE).read_text().strip())
-            return model
+            saved = True
+        else:
+            if self.recipe.train.keep_best:
+                logger.warning("train.keep_best: no validation score was a number; saving the last model")
+            saved = False
+        changed = self.domain.post_train(model, train_data, lambda samples: self.domain.collate(model, samples),
+                                         self.model_cfg, self.run_dir)
+        if (changed or not saved) and self.shard.is_main:
+            self.domain.save_model(model, self.model_dir, self.policy)
+            logger.info("model saved to %s", self.model_dir)
+        self.shard.barrier()
+        return model
         if self.recipe.train.keep_best:
             logger.warning("train.keep_best: no validation score was a number; saving the last model")
         if self.shard.is_main:
@@ -312,7 +323,10 @@ class Pipeline:
         if not families:
             raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
         dev_index, held_index = split_indices(trace.num_samples, cal.heldout_fraction, seed=self.recipe.seed)
-        costs = self.cost_table(split or cal.split, budget.unit, remeasure) if budget.needs_cost_model else None
+        if budget.unit == "flops" and trace.sample_costs is not None:
+            costs = trace.sample_costs  # the model counted each sample's FLOPs (token reduction)
+        else:
+            costs = self.cost_table(split or cal.split, budget.unit, remeasure) if budget.needs_cost_model else None
         calibration = trace.subset(dev_index)
         return calibrate_trace(
             calibration, candidate_policies(families, calibration), budget, self.recipe.eval.metrics[0],

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .policies import ExitPolicy, build_policy
-from .staged import ExitResult, StagedModel, stage_costs
+from .staged import ExitResult, StagedModel, has_sample_costs, stage_costs
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class EarlyExitRunner:
         model, policy = self.model, self._policy
         last = model.num_stages - 1
         state = model.begin(batch)
+        counting = has_sample_costs(model)
+        reference = model.reference_cost(state).double() if counting else None
+        spent = None
         result = exit_stage = active = exited = pstate = None
         last_run = last
         for k in range(model.num_stages):
@@ -87,6 +90,9 @@ class EarlyExitRunner:
                 exit_stage = torch.full((size,), last, dtype=torch.long, device=out.device)
                 active = torch.arange(size, device=out.device)
                 exited = torch.zeros(size, dtype=torch.bool, device=out.device)
+                spent = torch.zeros(size, dtype=torch.float64, device=out.device) if counting else None
+            if counting:  # every row still in the batch pays for this stage (batch-sync: even the exited ones)
+                spent[active] += model.sample_cost(k, state).double().to(spent.device)
             done = policy.step(k, out, pstate)
             if k == last:
                 done = torch.ones_like(done)
@@ -113,11 +119,14 @@ class EarlyExitRunner:
                     last_run = k
                     break
         cumulative = self._cumulative.to(exit_stage.device)
-        if self.mode == "compact":
+        if counting:
+            cost = spent
+        elif self.mode == "compact":
             cost = cumulative[exit_stage]
         else:
             cost = cumulative[last_run].expand(exit_stage.shape[0]).clone()
-        return ExitResult(result, exit_stage, cost, model.num_stages, float(self._cumulative[-1]))
+        return ExitResult(result, exit_stage, cost, model.num_stages, float(self._cumulative[-1]),
+                          reference_cost=None if reference is None else reference.to(cost.device))
 
     def run_batches(self, batches: Iterable[Any]) -> ExitResult:
         """Run over an iterable of batches and concatenate the results in order."""
@@ -159,4 +168,5 @@ def concat_results(results: list[ExitResult]) -> ExitResult:
         cost=torch.cat([r.cost for r in results]),
         num_stages=first.num_stages,
         full_cost=first.full_cost,
+        reference_cost=None if first.reference_cost is None else torch.cat([r.reference_cost for r in results]),
     )

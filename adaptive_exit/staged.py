@@ -13,6 +13,12 @@ Contract details that the runner relies on:
   included. That is what makes compaction exact.
 * Padded positions of an exit output must be neutral for the policies used
   (zeros for spectra, for example), so that they never influence a decision.
+
+Optional, for models whose cost depends on the input's content (token reduction):
+``sample_cost(k, state)`` gives each row's cost of stage k (e.g. FLOPs from the tokens it
+kept) and ``reference_cost(state)`` (called on the state ``begin`` returns) each row's
+cost of the full model without any reduction. Then results, traces and budgets count
+those per-row costs, and a fraction of the full model is ``cost / reference_cost``.
 """
 from __future__ import annotations
 
@@ -55,12 +61,27 @@ def all_exit_outputs(model: StagedModel, batch: Any) -> list[Tensor]:
 
     This is the training forward pass (gradients flow) and the trace recorder's.
     """
+    return run_all_stages(model, batch)[0]
+
+
+def has_sample_costs(model: Any) -> bool:
+    return callable(getattr(model, "sample_cost", None)) and callable(getattr(model, "reference_cost", None))
+
+
+def run_all_stages(model: StagedModel, batch: Any) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+    """Every stage's exit output, and for models that report them, each row's cumulative
+    cost after every stage (B, L) and its full-model reference cost (B,)."""
     state = model.begin(batch)
-    outputs = []
+    counting = has_sample_costs(model)
+    reference = model.reference_cost(state).double() if counting else None
+    outputs, costs = [], []
     for k in range(model.num_stages):
         state = model.run_stage(k, state)
         outputs.append(model.exit_output(k, state))
-    return outputs
+        if counting:
+            costs.append(model.sample_cost(k, state).double())
+    cumulative = torch.stack(costs, 1).cumsum(1) if counting else None
+    return outputs, cumulative, reference
 
 
 def select_rows(tree: Any, keep: Tensor) -> Any:
@@ -93,6 +114,7 @@ class ExitResult:
     cost: Tensor
     num_stages: int
     full_cost: float
+    reference_cost: Tensor | None = None  # per-sample full-model cost, for models with per-sample costs
 
     @property
     def stages_used(self) -> Tensor:
@@ -108,9 +130,16 @@ class ExitResult:
         return self.num_stages / self.mean_stages
 
     @property
+    def fractions(self) -> Tensor:
+        """(N,) each sample's cost as a fraction of its full-model cost."""
+        if self.reference_cost is not None:
+            return self.cost.double() / self.reference_cost.double().clamp_min(1e-12)
+        return self.cost.double() / self.full_cost
+
+    @property
     def cost_fraction(self) -> float:
         """Mean cost as a fraction of the full model's cost."""
-        return float(self.cost.double().mean()) / self.full_cost
+        return float(self.fractions.mean())
 
     @property
     def saved_fraction(self) -> float:

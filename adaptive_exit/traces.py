@@ -22,7 +22,7 @@ from .distributed import Shard, current_shard
 from .policies import ExitPolicy, build_policy
 from .runner import pad_cat
 from .runtime import progress_enabled
-from .staged import ExitResult, StagedModel, all_exit_outputs, stage_costs
+from .staged import ExitResult, StagedModel, run_all_stages, stage_costs
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ class Trace:
 
     ``outputs``: (N, L, ...) exit outputs; ``targets``: (N, ...) or None;
     ``quality``: metric name -> (N, L) per-sample, per-stage quality (e.g. PESQ),
-    computed once and reused by every sweep.
+    computed once and reused by every sweep. For models that report per-sample costs
+    (token reduction): ``sample_costs`` (N, L), each sample's cumulative cost after each
+    stage, and ``reference_costs`` (N,), its cost in the full unreduced model.
     """
 
     outputs: Tensor
@@ -43,6 +45,8 @@ class Trace:
     targets: Tensor | None = None
     quality: dict[str, Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    sample_costs: Tensor | None = None
+    reference_costs: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.outputs.dim() < 2:
@@ -52,6 +56,10 @@ class Trace:
         for name, q in self.quality.items():
             if tuple(q.shape) != tuple(self.outputs.shape[:2]):
                 raise ValueError(f"quality {name!r} must have shape {tuple(self.outputs.shape[:2])}, got {tuple(q.shape)}")
+        if (self.sample_costs is None) != (self.reference_costs is None):
+            raise ValueError("a trace holds per-sample costs and their reference costs together, or neither")
+        if self.sample_costs is not None and tuple(self.sample_costs.shape) != tuple(self.outputs.shape[:2]):
+            raise ValueError(f"sample_costs must have shape {tuple(self.outputs.shape[:2])}, got {tuple(self.sample_costs.shape)}")
 
     @property
     def num_samples(self) -> int:
@@ -69,6 +77,16 @@ class Trace:
         """Each sample's output at its own exit stage."""
         return self.outputs[torch.arange(self.num_samples), exit_stage]
 
+    def result(self, exit_stage: Tensor) -> ExitResult:
+        """The result of exiting each sample at ``exit_stage``: its output and its cost
+        (per-sample costs when the trace has them, else the stage costs)."""
+        if self.sample_costs is not None:
+            cost = self.sample_costs[torch.arange(self.num_samples), exit_stage]
+        else:
+            cost = torch.tensor(self.stage_costs, dtype=torch.float64).cumsum(0)[exit_stage]
+        return ExitResult(self.stage_output(exit_stage), exit_stage, cost, self.num_stages, self.full_cost,
+                          reference_cost=self.reference_costs)
+
     def subset(self, index: Tensor | list[int]) -> "Trace":
         index = torch.as_tensor(index, dtype=torch.long)
         return Trace(
@@ -77,6 +95,8 @@ class Trace:
             targets=None if self.targets is None else self.targets[index],
             quality={k: v[index] for k, v in self.quality.items()},
             meta=dict(self.meta),
+            sample_costs=None if self.sample_costs is None else self.sample_costs[index],
+            reference_costs=None if self.reference_costs is None else self.reference_costs[index],
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -87,6 +107,8 @@ class Trace:
             "targets": self.targets,
             "quality": dict(self.quality),
             "meta": dict(self.meta),
+            "sample_costs": self.sample_costs,
+            "reference_costs": self.reference_costs,
         })
 
     @classmethod
@@ -99,7 +121,8 @@ class Trace:
             raise ValueError(f"cannot read trace file {path}: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
             raise ValueError(f"{path} is not an adaptive-exit trace (format {TRACE_FORMAT})")
-        return cls(data["outputs"], data["stage_costs"], data["targets"], data["quality"], data["meta"])
+        return cls(data["outputs"], data["stage_costs"], data["targets"], data["quality"], data["meta"],
+                   data.get("sample_costs"), data.get("reference_costs"))
 
 
 QualityFn = Callable[[Tensor, Any], dict[str, Tensor]]
@@ -143,21 +166,26 @@ def record_trace(
         raise ValueError("cannot record a trace over an empty dataset")
     target_list = [p[1] for p in parts if p[1] is not None]
     names = parts[0][2].keys()
+    counted = parts[0][3] is not None
     return Trace(
         outputs=pad_cat([p[0] for p in parts], value=pad_value),
         stage_costs=stage_costs(model),
         targets=pad_cat(target_list, value=target_pad_value) if target_list else None,
         quality={name: torch.cat([p[2][name] for p in parts]) for name in names},
         meta=dict(meta or {}),
+        sample_costs=torch.cat([p[3] for p in parts]) if counted else None,
+        reference_costs=torch.cat([p[4] for p in parts]) if counted else None,
     )
 
 
 def _record_batch(model: StagedModel, batch: Any, targets: Callable | None, quality: QualityFn | None) -> tuple:
-    stacked = torch.stack(all_exit_outputs(model, batch), dim=1).float().cpu()
+    outputs, costs, reference = run_all_stages(model, batch)
+    stacked = torch.stack(outputs, dim=1).float().cpu()
     batch_targets = targets(batch) if targets is not None else None
     batch_targets = torch.as_tensor(batch_targets).cpu() if batch_targets is not None else None
     scores = (quality(stacked, batch) if quality else None) or {}
-    return stacked, batch_targets, {name: torch.as_tensor(v, dtype=torch.float64) for name, v in scores.items()}
+    return (stacked, batch_targets, {name: torch.as_tensor(v, dtype=torch.float64) for name, v in scores.items()},
+            None if costs is None else costs.cpu(), None if reference is None else reference.cpu())
 
 
 def replay(trace: Trace, policy: ExitPolicy | str | dict) -> ExitResult:
@@ -174,5 +202,4 @@ def replay(trace: Trace, policy: ExitPolicy | str | dict) -> ExitResult:
         exited |= done
         if bool(exited.all()):
             break
-    cumulative = torch.tensor(trace.stage_costs, dtype=torch.float64).cumsum(0)
-    return ExitResult(trace.stage_output(exit_stage), exit_stage, cumulative[exit_stage], trace.num_stages, trace.full_cost)
+    return trace.result(exit_stage)

@@ -21,6 +21,8 @@ from .conll import IGNORE, TokenCollator, read_conll
 from .data import KINDS, TASKS, TaskSpec, TextCollator, infer_label_names, load_hf_split, read_table
 from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification
 from .token_metrics import register_conll_metrics
+from .token_reduction import TokenReductionConfig
+from .token_reduction_training import TokenReductionTrainConfig
 from .token_model import EarlyExitForTokenClassification, certain_logits
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,16 @@ class TextModelConfig:
     exit_dropout: float = bounded(0.1, ge=0, lt=1)
     max_seq_length: int = bounded(128, ge=2)
     from_classifier: bool = False  # name_or_path is a fine-tuned sequence classifier: keep its head as the last exit
+    token_reduction: dict | None = None  # e.g. {method: trbert, selection_layers: [1, 3]} (see token_reduction.py)
+    token_reduction_training: dict | None = None  # phases after the multi-exit training (token_reduction_training.py)
+
+    def __post_init__(self) -> None:
+        if self.token_reduction is not None:
+            TokenReductionConfig(**self.token_reduction)
+        if self.token_reduction_training is not None:
+            if self.token_reduction is None:
+                raise ValueError("model.token_reduction_training needs model.token_reduction")
+            TokenReductionTrainConfig(**self.token_reduction_training)
 
 
 @dataclass
@@ -118,7 +130,8 @@ class TextDomain(Domain):
                 raise ValueError("model.from_classifier converts sequence classifiers; this task is token classification")
             model = EarlyExitForSequenceClassification.from_classifier(
                 path, head_style=model_cfg.head_style, exit_dropout=model_cfg.exit_dropout,
-                max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling)
+                max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
+                token_reduction=model_cfg.token_reduction)
             if model.config.task != task.kind:
                 raise ValueError(f"{model_cfg.name_or_path} is a {model.config.task} model but data.task is {task.kind}")
             model.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -133,8 +146,10 @@ class TextDomain(Domain):
             model = EarlyExitForSequenceClassification.from_backbone(
                 path, num_labels=len(labels) if labels else 1, task=task.kind, head_style=model_cfg.head_style,
                 exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
-                label_names=labels,
+                label_names=labels, token_reduction=model_cfg.token_reduction,
             )
+            if model.reducer is not None and model_cfg.token_reduction_training is not None:
+                model.reducer.mode = "off"  # the exits train on every token first; token_reduction_training follows
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model
 
@@ -151,6 +166,18 @@ class TextDomain(Domain):
 
     def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
         io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
+
+    def post_train(self, model, train_data, collate, model_cfg: TextModelConfig, run_dir: Path) -> bool:
+        """Token reduction's own training phases (TR-BERT: policy, then joint; LTP: soft, then hard)."""
+        if model_cfg.token_reduction_training is None:
+            return False
+        from .token_reduction_training import train_token_reduction
+
+        cfg = TokenReductionTrainConfig(**model_cfg.token_reduction_training)
+        logger.info("training token reduction (%s)", model.reducer.cfg.method)
+        history = train_token_reduction(model, train_data, collate, cfg)
+        io.write_json(Path(run_dir) / "token_reduction_history.json", history)
+        return True
 
     # -- data
     def label_names(self, data_cfg: TextDataConfig) -> tuple[str, ...]:

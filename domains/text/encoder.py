@@ -84,6 +84,7 @@ class LayerwiseEncoder:
         self.override = override_for(model_type)
         self.num_layers = _num_layers(config)
         self._forward_params = set(inspect.signature(backbone.forward).parameters)
+        self.accepted_inputs = {name for name in ENCODER_INPUTS if name in self._forward_params}
         self._layers: nn.ModuleList | None = None  # found on first use: from_pretrained builds models on the meta device
         self._returns_tuple: int | None = None  # what a layer returns: a Tensor (None) or a tuple of this length
 

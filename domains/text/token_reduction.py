@@ -1,0 +1,155 @@
+"""Dynamic token reduction inside the layer-by-layer encoder runner.
+
+At a few selection points (before given layers) each row keeps only some of its tokens;
+the kept tokens of every row are packed to the front and the batch is cut to the longest
+kept row, so later layers really run on fewer tokens (rows may keep different numbers:
+the padding that packing adds is counted by the benchmark, not hidden). ``[CLS]`` (the
+first token) is always kept, padding never.
+
+Two ways to decide what to keep:
+
+* ``trbert`` (Ye et al., NAACL 2021): a small policy network per selection point
+  (Linear(H, 32), GELU, Linear(32, 1), sigmoid) gives each token a keep probability; at
+  inference a token is kept when it is >= 0.5. Trained with REINFORCE (see
+  :mod:`.token_reduction_training`).
+* ``ltp`` (Learned Token Pruning, Kim et al., KDD 2022): a token's importance is the
+  attention it receives in the layer before the selection point (mean over heads and
+  real query tokens); it is kept when the importance is >= a learned per-layer threshold.
+  Trained in one pass with soft masks sigmoid((importance - threshold) / T) and a penalty
+  on the kept share. Needs BERT-style attention modules (``attention.self.query/key``).
+
+Token reduction needs layers that see token positions only through the embeddings (or
+``position_ids``): a probe on first use checks that dropping a masked-out token and
+packing gives the same hidden states as keeping it, and refuses the model otherwise.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+METHODS = ("trbert", "ltp")
+MODES = ("off", "hard", "sample", "soft")
+
+
+@dataclass
+class TokenReductionConfig:
+    """Saved in the model config as ``token_reduction`` (a dict)."""
+
+    method: str = "trbert"
+    selection_layers: list = field(default_factory=list)  # 0-based layers tokens are selected before; [] = default
+    keep_threshold: float = 0.5  # trbert: keep when p >= this at inference
+    policy_hidden: int = 32  # trbert: width of the policy network
+    soft_temperature: float = 0.01  # ltp: temperature of the soft masks in training
+    init_threshold: float = 0.0  # ltp: initial importance thresholds
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"token_reduction.method must be one of {METHODS}, got {self.method!r}")
+        if not 0 < self.keep_threshold < 1:
+            raise ValueError(f"token_reduction.keep_threshold must be in (0, 1), got {self.keep_threshold}")
+
+    def layers_for(self, num_layers: int) -> list[int]:
+        """The selection points: given, or TR-BERT's default (before layer 2 and before the
+        middle layer: [1, L // 2] for L layers); LTP's default is every layer but the first."""
+        if self.selection_layers:
+            layers = sorted({int(k) for k in self.selection_layers})
+        elif self.method == "ltp":
+            layers = list(range(1, num_layers))
+        else:
+            layers = sorted({1, num_layers // 2})
+        bad = [k for k in layers if not 0 < k < num_layers]
+        if bad:
+            raise ValueError(f"token_reduction.selection_layers must be within 1..{num_layers - 1}, got {bad}")
+        return layers
+
+
+class TokenPolicy(nn.Module):
+    """TR-BERT's policy network: the keep probability of each token from its hidden state."""
+
+    def __init__(self, hidden: int, width: int = 32):
+        super().__init__()
+        self.linear_1 = nn.Linear(hidden, width)
+        self.linear_2 = nn.Linear(width, 1)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.sigmoid(self.linear_2(F.gelu(self.linear_1(hidden)))).squeeze(-1)
+
+
+def attention_received(layer: nn.Module, hidden: Tensor, mask2d: Tensor) -> Tensor:
+    """(B, T): the attention each token receives in ``layer`` from ``hidden`` (its input),
+    averaged over heads and real query tokens. BERT-style attention modules only."""
+    try:
+        attn = layer.get_submodule("attention.self")
+        query, key = attn.query, attn.key
+    except AttributeError:
+        raise ValueError(f"ltp token pruning needs BERT-style attention (attention.self.query/key); "
+                         f"{type(layer).__name__} has none") from None
+    b, t, h = hidden.shape
+    heads = attn.num_attention_heads
+    size = h // heads
+    q = query(hidden).view(b, t, heads, size).transpose(1, 2)
+    k = key(hidden).view(b, t, heads, size).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(size)
+    scores = scores.masked_fill(~mask2d.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+    probs = scores.softmax(-1)  # (B, heads, T queries, T keys)
+    real = mask2d.to(probs.dtype)[:, None, :, None]
+    return (probs * real).sum((1, 2)) / (real.sum((1, 2)) * heads).clamp_min(1)
+
+
+class TokenReducer(nn.Module):
+    """The selection networks or thresholds of a model, and the selection itself."""
+
+    def __init__(self, cfg: TokenReductionConfig, hidden: int, num_layers: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = cfg.layers_for(num_layers)
+        if cfg.method == "trbert":
+            self.policies = nn.ModuleDict({str(k): TokenPolicy(hidden, cfg.policy_hidden) for k in self.layers})
+        else:
+            self.thresholds = nn.Parameter(torch.full((len(self.layers),), float(cfg.init_threshold)))
+        self.mode = "hard"
+
+    def keep_probability(self, k: int, hidden: Tensor, state: dict[str, Any], previous_layer: nn.Module | None) -> Tensor:
+        """(B, T) probability-like keep scores at selection point k (before layer k)."""
+        if self.cfg.method == "trbert":
+            return self.policies[str(k)](hidden)
+        importance = state.get("importance")
+        if importance is None:
+            importance = attention_received(previous_layer, state["layer_input"], state["mask2d"])
+        threshold = self.thresholds[self.layers.index(k)]
+        if self.mode == "soft":
+            return torch.sigmoid((importance - threshold) / self.cfg.soft_temperature)
+        return (importance >= threshold).to(hidden.dtype)
+
+    def policy_parameters(self):
+        return self.policies.parameters() if self.cfg.method == "trbert" else [self.thresholds]
+
+
+def pack(keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices (B, W) of each row's kept tokens in order, packed to the front, and the
+    validity mask (B, W); W is the longest kept row."""
+    counts = keep.sum(1)
+    width = max(int(counts.max()), 1)
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=keep.device)[None, :] < counts[:, None]
+    return order, valid
+
+
+def gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x[b, index[b]] for (B, T, ...) x and (B, W) index."""
+    shape = index.shape + x.shape[2:]
+    expanded = index.reshape(index.shape + (1,) * (x.dim() - 2)).expand(shape)
+    return x.gather(1, expanded)
+
+
+def layer_flop_coefficients(layer_flops: list[tuple[int, float]]) -> tuple[float, float]:
+    """(a, b) of flops(n) = a n + b n^2 from (n, flops) measurements."""
+    (n1, f1), (n2, f2) = layer_flops
+    b = (f2 / n2 - f1 / n1) / (n2 - n1)
+    a = f1 / n1 - b * n1
+    return a, b
