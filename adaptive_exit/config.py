@@ -39,6 +39,7 @@ class EvalConfig:
     sweeps: dict = field(default_factory=dict)
     timing_batch_size: int = bounded(32, ge=1)
     timing_repeats: int = bounded(3, ge=1)
+    timing_samples: int | None = bounded(None, ge=1)  # time on the first N samples only (long inputs); None: all
 
 
 @dataclass

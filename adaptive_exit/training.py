@@ -48,7 +48,7 @@ SHAPING_SETTINGS = ("max_steps", "batch_size", "lr", "head_lr", "weight_decay", 
 class TrainConfig:
     """Optimisation settings (the ``train:`` section of a recipe)."""
 
-    max_steps: int = bounded(1000, ge=1)
+    max_steps: int = bounded(1000, ge=0)  # 0: no multi-exit training (a model taken from model.init_from as it is)
     batch_size: int = bounded(32, ge=1)
     lr: float = bounded(1e-3, gt=0)
     head_lr: float | None = bounded(None, gt=0)  # a separate rate for model.exit_parameters() (new exit heads)
@@ -258,6 +258,9 @@ class Trainer:
 
     def train(self) -> nn.Module:
         cfg = self.config
+        if cfg.max_steps == 0:
+            self.model.eval()
+            return self.model
         if self._global_batches_per_epoch() < 1:
             raise ValueError(f"the training set has {len(self.train_data)} samples, fewer than train.batch_size={cfg.batch_size}")
         set_seed(cfg.seed)

@@ -49,6 +49,13 @@ def default_data_dir() -> str:
     return os.environ.get("ADAPTIVE_EXIT_DATA", str(Path("..") / "shared" / "data"))
 
 
+def expand_data_path(path: str) -> str:
+    """``$ADAPTIVE_EXIT_DATA`` (and other variables) in a recipe path; the data variable
+    defaults to ../shared/data."""
+    return os.path.expandvars(str(path).replace("$ADAPTIVE_EXIT_DATA", default_data_dir()).replace(
+        "${ADAPTIVE_EXIT_DATA}", default_data_dir()))
+
+
 @dataclass
 class TextModelConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -57,6 +64,7 @@ class TextModelConfig:
     exit_dropout: float = bounded(0.1, ge=0, lt=1)
     max_seq_length: int = bounded(128, ge=2)
     from_classifier: bool = False  # name_or_path is a fine-tuned sequence classifier: keep its head as the last exit
+    init_from: str | None = None  # start from a saved early-exit model (RUN_DIR/model) instead of name_or_path
     token_reduction: dict | None = None  # e.g. {method: trbert, selection_layers: [1, 3]} (see token_reduction.py)
     token_reduction_training: dict | None = None  # phases after the multi-exit training (token_reduction_training.py)
 
@@ -89,6 +97,7 @@ class TextDataConfig:
     dev_subset: int | None = bounded(None, ge=1)
     test_subset: int | None = bounded(None, ge=1)  # e.g. a fixed, seeded evaluation subset of a large test set
     subset_seed: int = 0
+    sort_eval_by_length: bool = False  # evaluation splits in order of length: batches of long texts carry little padding
 
     def __post_init__(self) -> None:
         if self.task not in TASKS and self.task not in KINDS:
@@ -123,8 +132,10 @@ class TextDomain(Domain):
         from transformers import AutoTokenizer
 
         task = task_spec(data_cfg)
-        path = resolve_model_path(model_cfg.name_or_path)
         follow_progress_setting()
+        if model_cfg.init_from:
+            return self._from_saved(model_cfg, task)
+        path = resolve_model_path(model_cfg.name_or_path)
         if model_cfg.from_classifier:
             if task.kind == "token-classification":
                 raise ValueError("model.from_classifier converts sequence classifiers; this task is token classification")
@@ -152,6 +163,26 @@ class TextDomain(Domain):
                 model.reducer.mode = "off"  # the exits train on every token first; token_reduction_training follows
         model.tokenizer = AutoTokenizer.from_pretrained(path)
         return model
+
+    def _from_saved(self, model_cfg: TextModelConfig, task: TaskSpec) -> nn.Module:
+        """A saved early-exit model (its backbone and exits), with this recipe's token reduction."""
+        saved, _ = load_text_model(expand_data_path(model_cfg.init_from))
+        if saved.config.task != task.kind:
+            raise ValueError(f"model.init_from {model_cfg.init_from} is a {saved.config.task} model but data.task is {task.kind}")
+        if model_cfg.token_reduction is None:
+            saved.train()
+            return saved
+        config = saved.config
+        config.token_reduction = dict(model_cfg.token_reduction)
+        model = type(saved)(config, backbone=saved.backbone if not getattr(saved, "converted", False) else None,
+                            **({"classifier": saved.original} if getattr(saved, "converted", False) else {}))
+        missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
+        if unexpected or any(not name.startswith("reducer.") for name in missing):
+            raise ValueError(f"model.init_from {model_cfg.init_from}: weights do not fit ({missing[:3]} {unexpected[:3]})")
+        model.tokenizer = saved.tokenizer
+        if model.reducer is not None and model_cfg.token_reduction_training is not None:
+            model.reducer.mode = "off"
+        return model.train()
 
     def save_model(self, model: nn.Module, path: str | Path, policy: ExitPolicy | str) -> None:
         """``save_pretrained`` of the model (its config carries the policy's canonical spec)
@@ -197,7 +228,7 @@ class TextDomain(Domain):
                 examples = load_hf_split(task, split)
             else:
                 if data_cfg.data_dir:
-                    folder = Path(data_cfg.data_dir)
+                    folder = Path(expand_data_path(data_cfg.data_dir))
                 else:  # built-in tasks live in the shared data folder; declared files are relative to the working directory
                     folder = Path(default_data_dir()) / task.folder if data_cfg.task in TASKS else Path(".")
                 if task.kind == "token-classification":
@@ -215,6 +246,8 @@ class TextDomain(Domain):
             order = list(range(len(examples)))
             random.Random(data_cfg.subset_seed).shuffle(order)
             examples = [examples[i] for i in sorted(order[:limit])]
+        if data_cfg.sort_eval_by_length and split != "train":
+            examples = sorted(examples, key=lambda e: len(e["text"]) + len(e.get("text_pair") or ""))
         return examples
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:

@@ -14,7 +14,10 @@ Two ways to decide what to keep:
   :mod:`.token_reduction_training`).
 * ``ltp`` (Learned Token Pruning, Kim et al., KDD 2022): a token's importance is the
   attention it receives in the layer before the selection point (mean over heads and
-  real query tokens); it is kept when the importance is >= a learned per-layer threshold.
+  real query tokens), times the number of tokens, so that 1 is an average token at any
+  length (a deviation: LTP thresholds the raw mean, which shrinks as 1 / length and so
+  prunes long inputs harder); it is kept when the importance is >= a learned per-layer
+  threshold.
   Trained in one pass with soft masks sigmoid((importance - threshold) / T) and a penalty
   on the kept share. Needs BERT-style attention modules (``attention.self.query/key``).
 
@@ -44,7 +47,7 @@ class TokenReductionConfig:
     selection_layers: list = field(default_factory=list)  # 0-based layers tokens are selected before; [] = default
     keep_threshold: float = 0.5  # trbert: keep when p >= this at inference
     policy_hidden: int = 32  # trbert: width of the policy network
-    soft_temperature: float = 0.01  # ltp: temperature of the soft masks in training
+    soft_temperature: float = 0.1  # ltp: temperature of the soft masks in training (importance 1 = an average token)
     init_threshold: float = 0.0  # ltp: initial importance thresholds
 
     def __post_init__(self) -> None:
@@ -98,7 +101,8 @@ def attention_received(layer: nn.Module, hidden: Tensor, mask2d: Tensor) -> Tens
     scores = scores.masked_fill(~mask2d.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
     probs = scores.softmax(-1)  # (B, heads, T queries, T keys)
     real = mask2d.to(probs.dtype)[:, None, :, None]
-    return (probs * real).sum((1, 2)) / (real.sum((1, 2)) * heads).clamp_min(1)
+    received = (probs * real).sum((1, 2)) / (real.sum((1, 2)) * heads).clamp_min(1)
+    return received * mask2d.sum(1, keepdim=True).to(received.dtype)  # 1 = an average token, whatever the length
 
 
 class TokenReducer(nn.Module):
