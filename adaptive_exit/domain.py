@@ -84,6 +84,10 @@ class Domain:
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
         raise NotImplementedError
 
+    def sample_length(self, sample: Any) -> int | None:
+        """A sample's input length, for ``train.group_by_length`` (None: unknown)."""
+        return None
+
     # -- training and evaluation
     def task_loss(self, output: Tensor, batch: Any) -> Tensor:
         raise NotImplementedError

@@ -105,6 +105,7 @@ class Pipeline:
             self.recipe.train,
             self.run_dir,
             eval_fn=self._validation(model),
+            lengths=[self.domain.sample_length(s) or 0 for s in train_data] if self.recipe.train.group_by_length else None,
         )
         fresh = not (self.recipe.train.resume and trainer.checkpoint_path.exists())
         if fresh and self.shard.is_main:  # a best score from an earlier run in this folder must not block saving

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
@@ -41,7 +41,7 @@ CHECKPOINT_NAME = "last.pt"
 # Settings a resumed run must share with its checkpoint for the resume to equal an uninterrupted run.
 SHAPING_SETTINGS = ("max_steps", "batch_size", "lr", "head_lr", "weight_decay", "warmup_steps", "grad_accum",
                     "max_grad_norm", "mixed_precision", "scheme", "exit_weights", "first_phase_fraction",
-                    "distill_temperature", "distill_weight", "gradient_rescale", "seed")
+                    "distill_temperature", "distill_weight", "gradient_rescale", "group_by_length", "seed")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainConfig:
     log_every: int = bounded(50, ge=0)
     seed: int = bounded(0, ge=0)
     resume: bool | str = True  # true: continue from checkpoint/last.pt if its settings match; "force": even if not
+    group_by_length: bool = False  # batches of similar-length inputs (long texts: much less padding)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +132,7 @@ class Trainer:
         output_dir: str | os.PathLike,
         eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
         on_step_end: Callable[[int], None] | None = None,
+        lengths: Sequence[int] | None = None,
     ):
         if len(train_data) == 0:
             raise ValueError("the training dataset is empty")
@@ -142,6 +144,8 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.eval_fn = eval_fn
         self.on_step_end = on_step_end
+        self.lengths = lengths  # per-sample input lengths, for train.group_by_length
+        self._order_cache: tuple[int, Tensor] | None = None
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ data order
@@ -149,12 +153,32 @@ class Trainer:
     def _global_batches_per_epoch(self) -> int:
         return len(self.train_data) // self.config.batch_size
 
+    def _epoch_order(self, epoch: int) -> Tensor:
+        """The sample order of an epoch: a permutation seeded by seed + epoch. With
+        ``group_by_length`` (and sample lengths), each window of 50 batches is sorted by
+        length and the batches are shuffled again, so a batch holds inputs of similar
+        length and carries little padding while the order stays random."""
+        if self._order_cache and self._order_cache[0] == epoch:
+            return self._order_cache[1]
+        generator = torch.Generator().manual_seed(self.config.seed + epoch)
+        order = torch.randperm(len(self.train_data), generator=generator)
+        size = self.config.batch_size
+        if self.config.group_by_length and self.lengths is not None:
+            lengths = torch.as_tensor(self.lengths)
+            window = size * 50
+            chunks = [c[torch.argsort(lengths[c], descending=True, stable=True)] for c in order.split(window)]
+            grouped = torch.cat(chunks)
+            usable = len(grouped) // size * size
+            batches = grouped[:usable].view(-1, size)
+            order = torch.cat([batches[torch.randperm(len(batches), generator=generator)].reshape(-1), grouped[usable:]])
+        self._order_cache = (epoch, order)
+        return order
+
     def _batch_indices(self, micro_index: int, rank: int, world: int) -> list[int]:
         """Indices of this rank's share of global micro-batch ``micro_index``."""
         per_epoch = self._global_batches_per_epoch()
         epoch, offset = divmod(micro_index, per_epoch)
-        generator = torch.Generator().manual_seed(self.config.seed + epoch)
-        order = torch.randperm(len(self.train_data), generator=generator)
+        order = self._epoch_order(epoch)
         size = self.config.batch_size
         global_batch = order[offset * size:(offset + 1) * size].tolist()
         return global_batch[rank::world]

@@ -250,6 +250,11 @@ class TextDomain(Domain):
             examples = sorted(examples, key=lambda e: len(e["text"]) + len(e.get("text_pair") or ""))
         return examples
 
+    def sample_length(self, sample: Any) -> int:
+        if "words" in sample:
+            return len(sample["words"])
+        return len(sample["text"]) + len(sample.get("text_pair") or "")
+
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
         if model.config.task == "token-classification":
             return TokenCollator(model.tokenizer, model.config.label_names, model.config.max_seq_length)(samples)
