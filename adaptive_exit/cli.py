@@ -56,6 +56,13 @@ CORE_COMMANDS: dict[str, tuple[str, str, list[str]]] = {
                   [f"adaptive-exit calibrate {EXAMPLE_RECIPE} --budget mean:0.5",
                    "adaptive-exit calibrate --model runs/sst2-pabee/model --budget mean:0.5 --levels mean:0.3,mean:0.7",
                    "adaptive-exit calibrate --model runs/speech-voicebank/model --budget p95:20ms --remeasure"]),
+    "export": ("export a saved model as per-stage ONNX graphs for onnxruntime",
+               "Write one ONNX graph per stage (plus the begin graph and each exit head) with dynamic batch and "
+               "length axes, and a manifest; the exit policy, compaction and budget table stay on the host, so "
+               "predict, enhance and serve run the folder on onnxruntime with the same policies. --int8 quantizes "
+               "the stage graphs (dynamic int8). The export is checked against the PyTorch model on a probe batch.",
+               ["adaptive-exit export --model runs/sst2-pabee/model --output exported/sst2",
+                "adaptive-exit export --model runs/sst2-pabee/model --output exported/sst2-int8 --int8"]),
     "budget-sweep": ("calibrate several recipes to several budgets and compare with static truncation",
                      "For every recipe in the sweep file and every budget, calibrate on one half of the "
                      "evaluation split and measure on the other; static truncation is scored at the same cost. "
@@ -106,6 +113,12 @@ def build_parser(domain_registers: dict[str, Callable] | None = None, domain_stu
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description, examples) in CORE_COMMANDS.items():
         cmd = add_command(sub, name, summary, description, examples, [common])
+        if name == "export":
+            cmd.add_argument("--model", required=True, help="a saved model folder (RUN_DIR/model)")
+            cmd.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
+            cmd.add_argument("--format", default="onnx", choices=["onnx"], help="the export format (default: onnx)")
+            cmd.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the stage graphs")
+            continue
         _recipe_arguments(cmd, optional=name == "calibrate")
         if name == "calibrate":
             cmd.add_argument("--model", help="a saved model folder (RUN_DIR/model); its run's config.yaml is the recipe")
@@ -241,6 +254,12 @@ def _core(args: argparse.Namespace, explicit_threads: str | None) -> int:
     from .config import load_recipe
     from .runtime import configure_threads
 
+    if args.command == "export":
+        configure_threads(explicit_threads)
+        from .export_command import run_export
+
+        print(run_export(Path(args.model), Path(args.output), args.int8))
+        return 0
     if args.command == "budget-sweep":
         configure_threads(explicit_threads)
         from .budget_sweep import format_budget_table, run_budget_sweep

@@ -71,6 +71,21 @@ class Domain:
     def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
         io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
 
+    def export_onnx(self, model: nn.Module, folder: Path, policy: ExitPolicy, source: Path | None = None) -> Any:
+        """Write per-stage ONNX graphs and a manifest (see :mod:`adaptive_exit.onnx_export`)."""
+        raise ValueError(f"domain {self.name!r} cannot be exported to ONNX yet")
+
+    def probe_batch(self, model: nn.Module) -> Any:
+        """A small batch to check an export against the PyTorch model (None: no check)."""
+        return None
+
+    def load_exported(self, folder: Path) -> tuple[Any, ExitPolicy]:
+        """An exported folder as a StagedModel on onnxruntime, and its default policy."""
+        from .onnx_export import OnnxStagedModel
+
+        model = OnnxStagedModel(folder)
+        return model, saved_policy(model.manifest.default_policy, str(Path(folder) / "manifest.json"))
+
     def post_train(self, model: nn.Module, train_data: Sequence[Any], collate: Callable[[list[Any]], Any],
                    model_cfg: Any, run_dir: Path) -> bool:
         """Training a domain runs after the multi-exit training (e.g. learning which tokens
@@ -160,6 +175,44 @@ def get_domain(name: str) -> Domain:
     except ImportError as exc:
         raise ValueError(f"domain {name!r} is installed but cannot be imported ({exc}); install its extra: pip install 'adaptive-exit[{name}]'") from exc
     return register_domain(domain)
+
+
+def model_domain(folder: str | Path) -> str:
+    """Which domain a saved (or exported) model folder belongs to: its config.json or
+    manifest.json says; older folders are named by the run's config.yaml beside them."""
+    import json
+
+    folder = Path(folder)
+    for name in ("manifest.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                domain = json.loads(path.read_text(encoding="utf-8")).get("domain")
+            except (ValueError, AttributeError):
+                raise ValueError(f"{path} is not valid JSON") from None
+            if domain:
+                return str(domain)
+    recipe = folder.parent / "config.yaml"
+    if recipe.is_file():
+        import yaml
+
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        if isinstance(data, dict) and data.get("domain"):
+            return str(data["domain"])
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
+    raise ValueError(f"cannot tell which domain the model in {folder} belongs to (no 'domain' in its config.json)")
+
+
+def load_any_model(folder: str | Path) -> tuple[Any, ExitPolicy, Domain]:
+    """A saved model folder (PyTorch) or an exported one (onnxruntime), with its default
+    policy and domain: the commands that run models accept either."""
+    domain = get_domain(model_domain(folder))
+    if (Path(folder) / "manifest.json").is_file():
+        model, policy = domain.load_exported(Path(folder))
+    else:
+        model, policy = domain.load_model(folder)
+    return model, policy, domain
 
 
 def domain_commands() -> dict[str, Callable[[], Any]]:

@@ -119,9 +119,15 @@ def quantize_folder(folder: Path, graphs: Sequence[str]) -> None:
     """Dynamic int8 quantization (onnxruntime) of the named graphs, in place."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    for name in graphs:
-        path = Path(folder) / name
-        io.write_with(path, lambda tmp: quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's advice to pre-process goes to the root logger at WARNING
+    try:
+        for name in graphs:
+            path = Path(folder) / name
+            io.write_with(path, lambda tmp: quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8))
+    finally:
+        root.setLevel(level)
 
 
 class OnnxStagedModel:

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from adaptive_exit.runtime import progress_enabled
 
     from .audio import is_float_file, list_audio, read_audio, resample, save_audio
-    from .domain import load_speech_model
+    from adaptive_exit.domain import load_any_model
+
     from .enhance import enhance_waveform
 
     source, out_dir = Path(args.input), Path(args.output)
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         files = [source]
     targets = plan_outputs(files, source if source.is_dir() else None, out_dir)
-    model, default_policy = load_speech_model(args.model)
+    model, default_policy, _ = load_any_model(args.model)  # a saved model, or an exported (onnxruntime) one
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
 
     def enhance(path: Path) -> dict:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from adaptive_exit.domain import Domain
 from adaptive_exit.fields import bounded
 from adaptive_exit.metrics import Metric, register_metric
-from adaptive_exit.policies import ExitPolicy
+from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .audio import SAMPLE_RATE, list_audio
 from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset
@@ -89,6 +89,25 @@ class SpeechDomain(Domain):
 
     def upgrade_config(self, saved: dict) -> dict:
         return {"output": "mapping", **saved}  # folders saved before `output` existed used plain mapping
+
+    def export_onnx(self, model, folder, policy, source=None):
+        from .export import export_speech
+
+        return export_speech(model, Path(folder), build_policy(policy).spec(), source)
+
+    def probe_batch(self, model):
+        from .data import synthetic_speech
+
+        wavs = [torch.from_numpy(synthetic_speech(s, np.random.default_rng(7))) for s in (0.5, 0.3)]
+        spec, frames = model.stft.batch(wavs)
+        return {"noisy_spec": spec, "frames": frames}
+
+    def load_exported(self, folder):
+        """The exported enhancer with its STFT and sample rate, so :func:`enhance_waveform` runs it."""
+        model, policy = super().load_exported(folder)
+        config = EnhancerConfig(**model.manifest.extra["config"])
+        model.config, model.stft, model.sample_rate = config, STFT(compress=config.compress), model.manifest.extra["sample_rate"]
+        return model, policy
 
     # -- data
     def load_split(self, data_cfg: SpeechDataConfig, split: str, seed: int) -> Sequence[Any]:

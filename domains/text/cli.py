@@ -107,23 +107,23 @@ def run(args: argparse.Namespace) -> int:
 
     from adaptive_exit.budget import policy_for_request
     from adaptive_exit.distributed import map_ordered
+    from adaptive_exit.domain import load_any_model
     from adaptive_exit.inputs import LineSource
     from adaptive_exit.runner import EarlyExitRunner
 
     from .data import TextCollator
-    from .domain import load_text_model
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = LineSource(args.input)  # a missing file or a folder fails before the model loads
-    model, default_policy = load_text_model(args.model)
+    model, default_policy, _ = load_any_model(args.model)  # a saved model, or an exported (onnxruntime) one
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
     tagger = model.config.task == "token-classification"
     token_exit = parse_token_exit(args.token_exit) if args.token_exit else None
     if token_exit and not tagger:
         raise ValueError(f"--token-exit needs a token-classification model; {args.model} is a {model.config.task} model")
-    collate = TextCollator(model.tokenizer, model.config.max_seq_length)
     labels = model.config.label_names
+    collate = TextCollator(model.tokenizer, model.config.max_seq_length)
 
     def classify(job: list) -> list[dict]:
         batch = collate([example for _, example in job])

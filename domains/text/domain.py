@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from types import SimpleNamespace
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -194,6 +195,27 @@ class TextDomain(Domain):
 
     def load_model(self, path: str | Path) -> tuple[nn.Module, ExitPolicy]:
         return load_text_model(path)
+
+    def export_onnx(self, model, folder, policy, source=None):
+        from .export import export_text
+
+        return export_text(model, Path(folder), build_policy(policy).spec(), source)
+
+    def probe_batch(self, model):
+        encoded = model.tokenizer(["a short probe", "a somewhat longer probe sentence with padding around it"],
+                                  padding=True, return_tensors="pt")
+        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def load_exported(self, folder):
+        """The exported model with its tokenizer, labels and task (what predict and serve need)."""
+        from transformers import AutoTokenizer
+
+        model, policy = super().load_exported(folder)
+        extra = model.manifest.extra
+        model.tokenizer = AutoTokenizer.from_pretrained(folder)
+        model.config = SimpleNamespace(task=extra["task"], label_names=extra["label_names"],
+                                       max_seq_length=extra["max_seq_length"])
+        return model, policy
 
     def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
         io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())

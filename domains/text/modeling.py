@@ -88,6 +88,7 @@ class EarlyExitConfig(PretrainedConfig):
         self.label_names = label_names
         self.classifier = classifier  # a converted fine-tuned classifier's own config: its head is the last exit
         self.token_reduction = token_reduction  # TokenReductionConfig as a dict (TR-BERT policies or LTP thresholds)
+        self.domain = "text"  # which adaptive-exit domain loads this folder
         if token_reduction is not None:
             TokenReductionConfig(**token_reduction)  # validate
             if task == "token-classification":
