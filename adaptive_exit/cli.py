@@ -63,6 +63,14 @@ CORE_COMMANDS: dict[str, tuple[str, str, list[str]]] = {
                "the stage graphs (dynamic int8). The export is checked against the PyTorch model on a probe batch.",
                ["adaptive-exit export --model runs/sst2-pabee/model --output exported/sst2",
                 "adaptive-exit export --model runs/sst2-pabee/model --output exported/sst2-int8 --int8"]),
+    "serve": ("serve a model over HTTP with dynamic batching and a latency-keeping budget",
+              "Serve a saved or exported model: POST /predict (text, JSON) or /enhance (speech, WAV in and out), "
+              "GET /health and /metrics. Requests are batched (up to --max-batch, or what arrives within "
+              "--max-wait-ms), exited rows leave each batch, and with --slo a controller moves the run-time "
+              "budget along the model's calibrated budget table to keep that latency, back to full quality when "
+              "load falls.",
+              ["adaptive-exit serve --model runs/sst2-pabee/model --slo p95:50ms --port 8000",
+               "curl -s localhost:8000/predict -H 'content-type: application/json' -d '{\"texts\": [\"a fine film\"]}'"]),
     "budget-sweep": ("calibrate several recipes to several budgets and compare with static truncation",
                      "For every recipe in the sweep file and every budget, calibrate on one half of the "
                      "evaluation split and measure on the other; static truncation is scored at the same cost. "
@@ -113,6 +121,16 @@ def build_parser(domain_registers: dict[str, Callable] | None = None, domain_stu
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description, examples) in CORE_COMMANDS.items():
         cmd = add_command(sub, name, summary, description, examples, [common])
+        if name == "serve":
+            cmd.add_argument("--model", required=True, help="a saved (RUN_DIR/model) or exported model folder")
+            cmd.add_argument("--slo", default=None, help="latency target that moves the budget, e.g. p95:50ms or ms:30 "
+                                                         "(default: none, the model's default policy always)")
+            cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+            cmd.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+            cmd.add_argument("--max-batch", type=int, default=32, help="largest batch (default: 32)")
+            cmd.add_argument("--max-wait-ms", type=float, default=5.0,
+                             help="how long the first request of a batch waits for others (default: 5 ms)")
+            continue
         if name == "export":
             cmd.add_argument("--model", required=True, help="a saved model folder (RUN_DIR/model)")
             cmd.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
@@ -254,6 +272,12 @@ def _core(args: argparse.Namespace, explicit_threads: str | None) -> int:
     from .config import load_recipe
     from .runtime import configure_threads
 
+    if args.command == "serve":
+        configure_threads(explicit_threads)
+        from .serving import serve
+
+        serve(args.model, args.slo, args.host, args.port, args.max_batch, args.max_wait_ms)
+        return 0
     if args.command == "export":
         configure_threads(explicit_threads)
         from .export_command import run_export

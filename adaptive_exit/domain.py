@@ -75,6 +75,11 @@ class Domain:
         """Write per-stage ONNX graphs and a manifest (see :mod:`adaptive_exit.onnx_export`)."""
         raise ValueError(f"domain {self.name!r} cannot be exported to ONNX yet")
 
+    def serve_adapter(self, model: Any) -> Any:
+        """What ``adaptive-exit serve`` needs to turn requests into batches (a
+        :class:`~adaptive_exit.serving.ServeAdapter`)."""
+        raise ValueError(f"domain {self.name!r} has no HTTP endpoint to serve")
+
     def probe_batch(self, model: nn.Module) -> Any:
         """A small batch to check an export against the PyTorch model (None: no check)."""
         return None

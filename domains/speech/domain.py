@@ -95,6 +95,11 @@ class SpeechDomain(Domain):
 
         return export_speech(model, Path(folder), build_policy(policy).spec(), source)
 
+    def serve_adapter(self, model):
+        from .serve import SpeechServeAdapter
+
+        return SpeechServeAdapter(model)
+
     def probe_batch(self, model):
         from .data import synthetic_speech
 

@@ -201,6 +201,13 @@ class TextDomain(Domain):
 
         return export_text(model, Path(folder), build_policy(policy).spec(), source)
 
+    def serve_adapter(self, model):
+        if model.config.task == "token-classification":
+            raise ValueError("serve answers sequence classification and regression; this model tags tokens")
+        from .serve import TextServeAdapter
+
+        return TextServeAdapter(model)
+
     def probe_batch(self, model):
         encoded = model.tokenizer(["a short probe", "a somewhat longer probe sentence with padding around it"],
                                   padding=True, return_tensors="pt")

@@ -1,0 +1,336 @@
+"""``adaptive-exit serve``: an HTTP endpoint with dynamic batching, compaction inside each
+batch, and a controller that moves the run-time budget to hold a latency target.
+
+* Requests wait in a queue; a worker takes up to ``max_batch`` items, or what arrived
+  within ``max_wait_ms`` of the first, and runs them as one batch under the current
+  policy (exited rows leave the batch: compaction).
+* The controller watches the latency of recent requests (queueing included). When their
+  percentile is over the target it moves one level down the model's budget table (a
+  cheaper calibrated policy); when it is well under (below ``1 - headroom`` of the target)
+  for a while, or the server is idle, it moves back up, to full quality when it can.
+* ``/health``, ``/metrics`` (requests, errors, latency percentiles, the current budget and
+  policy, exits per stage) and the domain's endpoint (text: ``POST /predict`` JSON; speech:
+  ``POST /enhance`` WAV in, WAV out), with request size limits and 4xx answers that say
+  what was wrong; a bad request never stops the server.
+
+What a domain serves is a :class:`ServeAdapter` (``Domain.serve_adapter``); the core runs it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import statistics
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .budget import BudgetSpec, BudgetTable
+from .policies import ExitPolicy, build_policy
+from .runner import EarlyExitRunner
+
+logger = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """A bad request: the server answers ``status`` with the message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class ServeAdapter:
+    """How a domain's requests become batch items and results become responses."""
+
+    path = "/predict"
+    content_types: tuple[str, ...] = ("application/json",)
+    max_request_bytes = 1 << 20
+
+    def parse(self, body: bytes, content_type: str) -> list[Any]:
+        """The request's items (raise RequestError for bad input)."""
+        raise NotImplementedError
+
+    def batch_key(self, item: Any) -> Any:
+        """Items with different keys never share a batch (e.g. single texts and pairs)."""
+        return None
+
+    def collate(self, items: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def item_result(self, item: Any, output: torch.Tensor, stage: int, num_stages: int) -> Any:
+        """One item's answer from its row of the batch result."""
+        raise NotImplementedError
+
+    def respond(self, items: list[Any], results: list[Any]) -> tuple[bytes, str]:
+        """The response body and its content type."""
+        return json.dumps({"results": results}).encode(), "application/json"
+
+
+@dataclass
+class Level:
+    """One rung of the controller's ladder: a budget name and its policy."""
+
+    name: str
+    policy: ExitPolicy
+    fraction: float
+
+
+def budget_levels(table: BudgetTable, default: ExitPolicy) -> list[Level]:
+    """Full quality first, then the calibrated fraction budgets from largest to smallest
+    (the table's ``mean:`` entries; without any, the default policy capped at 70/50/30%)."""
+    entries = sorted(((b, p) for b, p in table.entries.items() if b.kind_of.fraction), key=lambda item: -item[0].value)
+    levels = [Level("full", build_policy("full"), 1.0)]
+    if not entries:
+        entries = [(BudgetSpec.parse(f"mean:{v}"), table.policy_for(f"mean:{v}", default)) for v in (0.7, 0.5, 0.3)]
+    levels += [Level(str(b), p, b.value) for b, p in entries if b.value < 1]
+    return levels
+
+
+class LatencyController:
+    """Moves along the budget levels to keep a latency percentile under the target."""
+
+    def __init__(self, levels: list[Level], target_ms: float, percentile: float = 95.0, window: int = 64,
+                 headroom: float = 0.4, cooldown_s: float = 1.0, idle_s: float = 2.0):
+        self.levels, self.target_ms, self.percentile = levels, target_ms, percentile
+        self.window: deque[float] = deque(maxlen=window)
+        self.headroom, self.cooldown_s, self.idle_s = headroom, cooldown_s, idle_s
+        self.index = 0
+        self.last_move = self.last_request = time.monotonic()
+        self.lock = threading.Lock()
+
+    @property
+    def level(self) -> Level:
+        return self.levels[self.index]
+
+    def observed(self) -> float | None:
+        return percentile(self.window, self.percentile / 100) if len(self.window) >= 8 else None
+
+    def record(self, latency_ms: float) -> None:
+        with self.lock:
+            self.window.append(latency_ms)
+            self.last_request = time.monotonic()
+            self._adjust()
+
+    def _adjust(self) -> None:
+        now = time.monotonic()
+        if now - self.last_move < self.cooldown_s:
+            return
+        value = self.observed()
+        if value is None:
+            return
+        if value > self.target_ms and self.index < len(self.levels) - 1:
+            self._move(+1, value)
+        elif value < (1 - self.headroom) * self.target_ms and self.index > 0:
+            self._move(-1, value)
+
+    def tick(self) -> None:
+        """Called periodically: after ``idle_s`` without requests, back to full quality."""
+        with self.lock:
+            if self.index and time.monotonic() - self.last_request > self.idle_s:
+                self.window.clear()
+                self._move(-self.index, None)
+
+    def _move(self, step: int, value: float | None) -> None:
+        self.index += step
+        self.last_move = time.monotonic()
+        self.window.clear()
+        logger.info("budget -> %s (%s)", self.level.name,
+                    "idle" if value is None else f"p{self.percentile:g} {value:.1f} ms vs target {self.target_ms:g} ms")
+
+
+@dataclass
+class Pending:
+    items: list[Any]
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Metrics:
+    def __init__(self, num_stages: int):
+        self.requests = self.errors = self.items = 0
+        self.latencies: deque[float] = deque(maxlen=2048)
+        self.exits = [0] * num_stages
+        self.lock = threading.Lock()
+
+    def snapshot(self, controller: LatencyController | None, policy: ExitPolicy) -> dict[str, Any]:
+        with self.lock:
+            lat = list(self.latencies)
+        return {"requests": self.requests, "items": self.items, "errors": self.errors,
+                "latency_ms": {"p50": percentile(lat, 0.5) if lat else None, "p95": percentile(lat, 0.95) if lat else None,
+                               "count": len(lat)},
+                "budget": controller.level.name if controller else "fixed", "policy": policy.spec(),
+                "target_ms": controller.target_ms if controller else None, "exits_per_stage": list(self.exits)}
+
+
+class BatchingServer:
+    """The batcher, the runner and the controller behind the HTTP endpoints."""
+
+    def __init__(self, model: Any, adapter: ServeAdapter, policy: ExitPolicy, levels: list[Level] | None = None,
+                 slo: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0):
+        self.model, self.adapter = model, adapter
+        self.runner = EarlyExitRunner(model, policy)
+        self.fixed_policy = policy
+        self.controller = None
+        if slo:
+            budget = BudgetSpec.parse(slo)
+            if budget.unit != "ms":
+                raise ValueError(f"--slo must be a latency (p95:50ms, ms:40), got {slo}")
+            percentile = float(budget.kind[1:]) if budget.kind.startswith("p") else 50.0
+            self.controller = LatencyController(levels or [Level("fixed", policy, 1.0)], budget.value, percentile)
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.metrics = Metrics(model.num_stages)
+        self.queue: asyncio.Queue | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptive-exit-runner")
+
+    @property
+    def policy(self) -> ExitPolicy:
+        return self.controller.level.policy if self.controller else self.fixed_policy
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        asyncio.get_running_loop().create_task(self._worker())
+        if self.controller:
+            asyncio.get_running_loop().create_task(self._ticker())
+
+    async def submit(self, items: list[Any]) -> list[Any]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(Pending(items, future))
+        return await future
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.controller.tick()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            count = len(first.items)
+            deadline = loop.time() + self.max_wait
+            while count < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    nxt = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                batch.append(nxt)
+                count += len(nxt.items)
+            try:
+                results = await loop.run_in_executor(self.executor, self._run, [i for p in batch for i in p.items])
+            except Exception as exc:  # noqa: BLE001 - a batch failing must not stop the server
+                logger.exception("batch failed")
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(RequestError(f"the model failed on this batch: {exc}", 500))
+                continue
+            start = 0
+            now = time.monotonic()
+            for pending in batch:
+                part = results[start:start + len(pending.items)]
+                start += len(pending.items)
+                latency = (now - pending.arrived) * 1000
+                with self.metrics.lock:
+                    self.metrics.latencies.append(latency)
+                if self.controller:
+                    self.controller.record(latency)
+                if not pending.future.done():
+                    pending.future.set_result(part)
+
+    def _run(self, items: list[Any]) -> list[Any]:
+        self.runner.policy = self.policy
+        groups: dict[Any, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(self.adapter.batch_key(item), []).append(i)
+        results: list[Any] = [None] * len(items)
+        for rows in groups.values():
+            batch = self.adapter.collate([items[i] for i in rows])
+            with torch.no_grad():
+                result = self.runner(batch)
+            stages = result.exit_stage.tolist()
+            with self.metrics.lock:
+                for s in stages:
+                    self.metrics.exits[s] += 1
+                self.metrics.items += len(rows)
+            for j, i in enumerate(rows):
+                results[i] = self.adapter.item_result(items[i], result.output[j], stages[j], self.model.num_stages)
+        return results
+
+
+def create_app(server: BatchingServer):
+    """The FastAPI application around a :class:`BatchingServer`."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+
+    app = FastAPI(title="adaptive-exit", description="Early-exit inference with a latency-aware budget")
+    adapter = server.adapter
+
+    @app.on_event("startup")
+    async def _startup() -> None:
+        await server.start()
+
+    def error(status: int, message: str) -> JSONResponse:
+        with server.metrics.lock:
+            server.metrics.errors += 1
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "num_stages": server.model.num_stages, "endpoint": adapter.path}
+
+    @app.get("/metrics")
+    async def metrics() -> dict[str, Any]:
+        return server.metrics.snapshot(server.controller, server.policy)
+
+    @app.post(adapter.path)
+    async def endpoint(request: Request):
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in adapter.content_types:
+            return error(415, f"content type {content_type or 'missing'!r} is not accepted; send {' or '.join(adapter.content_types)}")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > adapter.max_request_bytes:
+            return error(413, f"request of {declared} bytes is over the limit of {adapter.max_request_bytes}")
+        body = await request.body()
+        if len(body) > adapter.max_request_bytes:
+            return error(413, f"request of {len(body)} bytes is over the limit of {adapter.max_request_bytes}")
+        try:
+            items = adapter.parse(body, content_type)
+            with server.metrics.lock:
+                server.metrics.requests += 1
+            results = await server.submit(items)
+        except RequestError as exc:
+            return error(exc.status, str(exc))
+        payload, media = adapter.respond(items, results)
+        return Response(payload, media_type=media)
+
+    return app
+
+
+def serve(model_dir: str, slo: str | None, host: str, port: int, max_batch: int, max_wait_ms: float) -> None:
+    """Load a saved or exported model and serve it until interrupted."""
+    import uvicorn
+
+    from .domain import load_any_model
+
+    model, policy, domain = load_any_model(model_dir)
+    adapter = domain.serve_adapter(model)
+    levels = budget_levels(BudgetTable.load(model_dir), policy) if slo else None
+    server = BatchingServer(model, adapter, policy, levels, slo, max_batch, max_wait_ms)
+    if levels:
+        logger.info("budget levels: %s", ", ".join(f"{lv.name} ({lv.policy.spec()})" for lv in levels))
+    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of values by rank (nearest-rank, no interpolation)."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
