@@ -15,7 +15,6 @@ batch, and a controller that moves the run-time budget to hold a latency target.
 
 What a domain serves is a :class:`ServeAdapter` (``Domain.serve_adapter``); the core runs it.
 """
-from __future__ import annotations
 
 import asyncio
 import json
