@@ -153,8 +153,10 @@ def test_controller_moves_down_under_load_and_back_when_idle():
     for _ in range(10):
         controller.record(90.0)
     assert controller.level.name == "mean:0.3"
-    for _ in range(100):
-        controller.record(10.0)  # far under, once the slow requests leave the p95: back up
+    for _ in range(200):  # far under target: once the slow requests leave the p95 window, one level back up
+        controller.record(10.0)
+        if controller.level.name != "mean:0.3":
+            break
     assert controller.level.name == "mean:0.5"
     time.sleep(0.1)
     controller.tick()  # idle: full quality
