@@ -23,6 +23,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -193,9 +194,15 @@ class BatchingServer:
 
     async def start(self) -> None:
         self.queue = asyncio.Queue()
-        asyncio.get_running_loop().create_task(self._worker())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._worker())]
         if self.controller:
-            asyncio.get_running_loop().create_task(self._ticker())
+            self.tasks.append(loop.create_task(self._ticker()))
+
+    async def stop(self) -> None:
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+        await asyncio.gather(*getattr(self, "tasks", []), return_exceptions=True)
 
     async def submit(self, items: list[Any]) -> list[Any]:
         future = asyncio.get_running_loop().create_future()
@@ -270,12 +277,15 @@ def create_app(server: BatchingServer):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
-    app = FastAPI(title="adaptive-exit", description="Early-exit inference with a latency-aware budget")
-    adapter = server.adapter
-
-    @app.on_event("startup")
-    async def _startup() -> None:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
         await server.start()
+        yield
+        await server.stop()
+
+    app = FastAPI(title="adaptive-exit", description="Early-exit inference with a latency-aware budget",
+                  lifespan=lifespan)
+    adapter = server.adapter
 
     def error(status: int, message: str) -> JSONResponse:
         with server.metrics.lock:
