@@ -125,6 +125,8 @@ def build_parser(domain_registers: dict[str, Callable] | None = None, domain_stu
             cmd.add_argument("--model", required=True, help="a saved (RUN_DIR/model) or exported model folder")
             cmd.add_argument("--slo", default=None, help="latency target that moves the budget, e.g. p95:50ms or ms:30 "
                                                          "(default: none, the model's default policy always)")
+            cmd.add_argument("--policy", default=None, help="the exit policy without --slo, e.g. full or entropy:0.3 "
+                                                           "(default: the model's calibrated default policy)")
             cmd.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
             cmd.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
             cmd.add_argument("--max-batch", type=int, default=32, help="largest batch (default: 32)")
@@ -276,7 +278,7 @@ def _core(args: argparse.Namespace, explicit_threads: str | None) -> int:
         configure_threads(explicit_threads)
         from .serving import serve
 
-        serve(args.model, args.slo, args.host, args.port, args.max_batch, args.max_wait_ms)
+        serve(args.model, args.slo, args.host, args.port, args.max_batch, args.max_wait_ms, args.policy)
         return 0
     if args.command == "export":
         configure_threads(explicit_threads)

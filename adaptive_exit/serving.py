@@ -324,13 +324,18 @@ def create_app(server: BatchingServer):
     return app
 
 
-def serve(model_dir: str, slo: str | None, host: str, port: int, max_batch: int, max_wait_ms: float) -> None:
+def serve(model_dir: str, slo: str | None, host: str, port: int, max_batch: int, max_wait_ms: float,
+          policy_spec: str | None = None) -> None:
     """Load a saved or exported model and serve it until interrupted."""
     import uvicorn
 
     from .domain import load_any_model
 
     model, policy, domain = load_any_model(model_dir)
+    if policy_spec:
+        if slo:
+            raise ValueError("give --slo (the controller picks the policy from the budget table) or --policy, not both")
+        policy = build_policy(policy_spec)
     adapter = domain.serve_adapter(model)
     levels = budget_levels(BudgetTable.load(model_dir), policy) if slo else None
     server = BatchingServer(model, adapter, policy, levels, slo, max_batch, max_wait_ms)
