@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, list_audio, load_audio
+from .channel import ChannelAugment
 from .noise_synth import procedural_noise
 from .stft import STFT
 
@@ -90,7 +91,8 @@ class MixtureDataset:
 
     def __init__(self, clean_files: Sequence[Path], noise_files: Sequence[Path], size: int, seed: int,
                  seconds: float = 3.0, snr_range: tuple[float, float] = (-5.0, 15.0), gain_db: tuple[float, float] = (-6.0, 6.0),
-                 babble_prob: float = 0.0, noise_eq: bool = False, synth_noise_prob: float = 0.0):
+                 babble_prob: float = 0.0, noise_eq: bool = False, synth_noise_prob: float = 0.0,
+                 channel: ChannelAugment | None = None):
         for name, p in (("babble_prob", babble_prob), ("synth_noise_prob", synth_noise_prob)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
@@ -104,6 +106,7 @@ class MixtureDataset:
         self.size, self.seed, self.length = size, seed, int(seconds * SAMPLE_RATE)
         self.snr_range, self.gain_db = snr_range, gain_db
         self.babble_prob, self.noise_eq, self.synth_noise_prob = babble_prob, noise_eq, synth_noise_prob
+        self.channel = channel or ChannelAugment()
 
     def __len__(self) -> int:
         return self.size
@@ -114,7 +117,11 @@ class MixtureDataset:
         clean = _segment(_cached(str(rng.choice(self.clean_files))), self.length, rng)
         noise = self._noise(rng)
         snr = rng.uniform(*self.snr_range)
-        noisy = mix_at_snr(clean, noise, snr)
+        if self.channel.active:  # rooms, telephone bands, codecs (channel.py)
+            clean = self.channel.speech(clean, rng)
+            clean, noisy = self.channel.channel(clean, mix_at_snr(clean, noise, snr), rng)
+        else:
+            noisy = mix_at_snr(clean, noise, snr)
         gain = 10 ** (rng.uniform(*self.gain_db) / 20)
         peak = max(float(np.abs(noisy).max()) * gain, 1e-9)
         gain = gain / peak * 0.95 if peak > 0.95 else gain  # never clip

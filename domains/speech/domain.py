@@ -18,10 +18,11 @@ from adaptive_exit.metrics import Metric, register_metric
 from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .audio import SAMPLE_RATE, list_audio
+from .channel import ChannelAugment
 from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset
 from .losses import ConvergentObjective, SpectralLoss, intermediate_targets, stage_target_batch
 from .metrics import score
-from .model import EnhancerConfig, ProgressiveEnhancer
+from .model import EnhancerConfig, ProgressiveEnhancer, build_enhancer
 from .stft import STFT
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class SpeechDataConfig:
     babble_prob: float = bounded(0.0, ge=0, le=1)  # training mixtures only: chance the noise is babble from 3-6 other training talkers
     noise_eq: bool = False  # training mixtures only: random first-order spectral tilt of the noise
     synth_noise_prob: float = bounded(0.0, ge=0, le=1)  # training mixtures only: chance the noise is procedurally generated (noise_synth.py)
+    reverb_prob: float = bounded(0.0, ge=0, le=1)  # training mixtures only: speech through a generated room (channel.py)
+    bandlimit_prob: float = bounded(0.0, ge=0, le=1)  # training mixtures only: speech and noise low-passed (telephone / low-rate capture)
+    codec_prob: float = bounded(0.0, ge=0, le=1)  # of the narrow-band mixtures: mu-law coded at 8 kHz
     heldout_noises: list = field(default_factory=list)  # noise file names kept out of training; the dev mixtures use only these (validation on unseen noise)
 
     def __post_init__(self) -> None:
@@ -85,10 +89,12 @@ class SpeechDomain(Domain):
     name = "speech"
     model_config = EnhancerConfig
     data_config = SpeechDataConfig
-    model_class = ProgressiveEnhancer
+    def build_model(self, model_cfg: EnhancerConfig, data_cfg: Any) -> nn.Module:
+        return build_enhancer(model_cfg)
 
     def upgrade_config(self, saved: dict) -> dict:
-        return {"output": "mapping", **saved}  # folders saved before `output` existed used plain mapping
+        # folders saved before `output` existed used plain mapping, before `architecture` the stage-recurrent model
+        return {"output": "mapping", "architecture": "stage-recurrent", **saved}
 
     def export_onnx(self, model, folder, policy, source=None):
         from .export import export_speech
@@ -137,7 +143,9 @@ class SpeechDomain(Domain):
         held = max(1, int(len(clean) * data_cfg.heldout_files))
         files = clean[:-held] if split == "train" else clean[-held:]
         augment = {"babble_prob": data_cfg.babble_prob, "noise_eq": data_cfg.noise_eq,
-                   "synth_noise_prob": data_cfg.synth_noise_prob} if split == "train" else {}
+                   "synth_noise_prob": data_cfg.synth_noise_prob,
+                   "channel": ChannelAugment(data_cfg.reverb_prob, data_cfg.bandlimit_prob, data_cfg.codec_prob)
+                   } if split == "train" else {}
         return MixtureDataset(files, noise, size, split_seed, data_cfg.seconds, snr, **augment)
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:

@@ -1,6 +1,7 @@
-"""ONNX export of progressive enhancers: the begin graph (frame mask, initial estimate and
-memory from the noisy spectrum), one graph per stage; the exit output is the estimate in
-the state. STFT and inverse STFT stay on the host (:func:`enhance_waveform`)."""
+"""ONNX export of progressive enhancers: the begin graph (the state from the noisy
+spectrum), one graph per stage; the exit output is the estimate in the state. Each model
+class names its state (``state_names``) and what a stage updates (``stage_updates``).
+STFT and inverse STFT stay on the host (:func:`enhance_waveform`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,6 @@ from adaptive_exit.onnx_export import GraphSpec, Manifest, all_axes_dynamic, exp
 
 from .data import synthetic_speech
 
-STATE = ["noisy", "estimate", "h", "mask"]
-
-
 class _Begin(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -24,7 +22,7 @@ class _Begin(nn.Module):
 
     def forward(self, noisy_spec: Tensor, frames: Tensor):
         state = self.model.begin({"noisy_spec": noisy_spec, "frames": frames})
-        return tuple(state[name] for name in STATE)
+        return tuple(state[name] for name in self.model.state_names)
 
 
 class _Stage(nn.Module):
@@ -32,37 +30,36 @@ class _Stage(nn.Module):
         super().__init__()
         self.model, self.k = model, k
 
-    def forward(self, noisy: Tensor, estimate: Tensor, h: Tensor, mask: Tensor):
-        state = self.model.run_stage(self.k, dict(zip(STATE, (noisy, estimate, h, mask))))
-        return state["estimate"], state["h"]
+    def forward(self, *values: Tensor):
+        state = self.model.run_stage(self.k, dict(zip(self.model.state_names, values)))
+        return tuple(state[name] for name in self.model.stage_updates)
 
 
 def export_speech(model: nn.Module, folder: Path, policy: str, source: Path | None = None) -> Manifest:
     model = model.eval()
-    gen = torch.Generator().manual_seed(0)
     import numpy as np
 
+    state_names, updates = list(model.state_names), list(model.stage_updates)
     wavs = [torch.from_numpy(synthetic_speech(seconds, np.random.default_rng(i))) for i, seconds in enumerate((0.6, 0.4))]
     spec, frames = model.stft.batch(wavs)
-    del gen
     folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         state = model.begin({"noisy_spec": spec, "frames": frames})
     begin_inputs = ["noisy_spec", "frames"]
-    export_graph(_Begin(model), [spec, frames], folder / "begin.onnx", begin_inputs, STATE,
-                 all_axes_dynamic(begin_inputs + STATE, [spec, frames] + [state[n] for n in STATE]))
+    export_graph(_Begin(model), [spec, frames], folder / "begin.onnx", begin_inputs, state_names,
+                 all_axes_dynamic(begin_inputs + state_names, [spec, frames] + [state[n] for n in state_names]))
     stages = []
     for k in range(model.num_stages):
-        args = [state[n] for n in STATE]
-        outputs = ["estimate_next", "h_next"]
-        export_graph(_Stage(model, k), args, folder / f"stage_{k}.onnx", STATE, outputs,
-                     all_axes_dynamic(STATE + outputs, args + args[1:3]))
+        args = [state[n] for n in state_names]
+        outputs = [f"{name}_next" for name in updates]
+        export_graph(_Stage(model, k), args, folder / f"stage_{k}.onnx", state_names, outputs,
+                     all_axes_dynamic(state_names + outputs, args + [state[n] for n in updates]))
         with torch.no_grad():
             state = model.run_stage(k, state)
-        stages.append(GraphSpec(f"stage_{k}.onnx", STATE, ["estimate", "h"], outputs))
+        stages.append(GraphSpec(f"stage_{k}.onnx", state_names, updates, outputs))
     manifest = Manifest("speech", model.num_stages, [float(model.stage_cost(k)) for k in range(model.num_stages)],
-                        begin_inputs, GraphSpec("begin.onnx", begin_inputs, STATE), stages, ["estimate"] * model.num_stages,
-                        list(STATE), policy, {"config": dataclasses.asdict(model.config), "sample_rate": model.sample_rate})
+                        begin_inputs, GraphSpec("begin.onnx", begin_inputs, state_names), stages, ["estimate"] * model.num_stages,
+                        state_names, policy, {"config": dataclasses.asdict(model.config), "sample_rate": model.sample_rate})
     manifest.save(folder)
     if source is not None:
         for name in ("config.json", "budget_policies.json"):

@@ -33,18 +33,21 @@ from .stft import STFT
 
 
 OUTPUT_FORMS = ("masked-mapping", "mapping", "refine")
+ARCHITECTURES = ("dual-path", "stage-recurrent")
 
 
 @dataclass
 class EnhancerConfig:
     """The model and its training loss (a recipe's ``model:`` section); saved with the weights."""
 
+    architecture: str = "dual-path"  # dual-path (causal, streams; dual_path.py) | stage-recurrent (this module)
     num_stages: int = 6
-    hidden: int = 128  # features per frame
+    hidden: int = 128  # features per frame (stage-recurrent) or channels per sub-band (dual-path)
+    downsample: int = 3  # dual-path: stride-2 frequency convolutions in the encoder (161 bins -> 81 -> 41 -> 21 sub-bands)
     time_kernel: int = 3
     dilations: list = field(default_factory=lambda: [1, 2, 4])
-    shared: bool = True
-    causal: bool = False
+    shared: bool = True  # stage-recurrent only: one set of weights for every stage
+    causal: bool = False  # stage-recurrent only (dual-path is always causal)
     output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | refine (on the previous estimate) | mapping
     compress: float = 0.5  # power-law compression of spectrum magnitudes
     loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
@@ -53,8 +56,12 @@ class EnhancerConfig:
     target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
 
     def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"model.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.output not in OUTPUT_FORMS:
             raise ValueError(f"model.output must be one of {OUTPUT_FORMS}, got {self.output!r}")
+        if not 1 <= self.downsample <= 6:
+            raise ValueError(f"model.downsample must be 1..6 (stride-2 frequency convolutions), got {self.downsample}")
         if self.num_stages < 1 or self.hidden < 1 or self.time_kernel < 1:
             raise ValueError(f"model.num_stages, hidden and time_kernel must be >= 1, got "
                              f"{self.num_stages}, {self.hidden}, {self.time_kernel}")
@@ -146,9 +153,14 @@ class ProgressiveEnhancer(nn.Module):
     config (``model.config``), sample rate and STFT front end."""
 
     sample_rate = SAMPLE_RATE
+    state_names = ("noisy", "estimate", "h", "mask")  # the offline state, in export order
+    stage_updates = ("estimate", "h")  # what each stage changes
 
     def __init__(self, cfg: EnhancerConfig):
         super().__init__()
+        if cfg.architecture != "stage-recurrent":
+            raise ValueError(f"ProgressiveEnhancer is the stage-recurrent model; build {cfg.architecture!r} with "
+                             "build_enhancer(config)")
         self.config = cfg
         self.stft = STFT(compress=cfg.compress)
         self.num_stages = cfg.num_stages
@@ -180,3 +192,12 @@ class ProgressiveEnhancer(nn.Module):
 
     def backbone_parameters(self):
         return self.parameters()
+
+
+def build_enhancer(cfg: EnhancerConfig) -> nn.Module:
+    """The progressive enhancer a config describes (its ``architecture``)."""
+    if cfg.architecture == "dual-path":
+        from .dual_path import DualPathEnhancer
+
+        return DualPathEnhancer(cfg)
+    return ProgressiveEnhancer(cfg)

@@ -1,0 +1,262 @@
+"""A causal dual-path progressive enhancer: frequency modelling inside each frame,
+causal context along time, an exit head after every stage.
+
+Layout (DPCRN / GTCRN-like, made stage-wise): an encoder of time-causal convolutions
+folds the 161 STFT bins into 21 sub-bands of ``hidden`` channels. Each stage is one
+dual-path block on that latent: a convolution across the sub-bands of each frame
+(harmonics, formants, where the noise sits), then two dilated causal convolutions along
+time in every sub-band (noise statistics and speech context from the past; dilations
+1, 2 | 4, 8 | 16, 32 | ... so three stages see 2.5 s), each followed by a channel mix,
+all residual and frame-normalised. Exit head q turns the latent after stage q into a
+bounded complex ratio mask for every bin (a sub-band unfolds into its bins by a linear
+map, refined per bin together with the noisy bin's own features) and applies it to the
+noisy spectrum. Deeper stages have more context and more layers, so quality rises with
+stages, and every stage is a usable output; successive outputs converge where later
+stages have little left to add, which the spectral-distance patience rule detects.
+
+Depthwise convolutions are written as weighted sums of shifted copies (CPU training is
+several times faster than with grouped ``Conv1d``). Everything is causal, and every
+layer with past context keeps it in a :class:`StreamState`, so offline processing is the
+streaming computation over one long chunk: streaming equals offline by construction
+(``stream.py``). Padded frames of a batch come after each utterance's real frames, so
+causal layers never carry them into real ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class StreamState:
+    """The memory of a dual-path enhancer for a batch of streams: each causal layer's past
+    input frames, keyed by layer (``enc0``, ``stage3.time1``, ...), batch first. Absent
+    until the layer first runs (silence before the start)."""
+
+    past: dict[str, Tensor] = field(default_factory=dict)
+
+    def select(self, keep: Tensor) -> "StreamState":
+        """The memory of the streams ``keep`` (row indices)."""
+        return StreamState({name: value[keep] for name, value in self.past.items()})
+
+
+class CausalConv(nn.Module):
+    """A 2-D convolution over (frequency, time) with ``time_kernel - 1`` frames of past
+    context and none of the future; strided along frequency."""
+
+    def __init__(self, cin: int, cout: int, freq_kernel: int, time_kernel: int, freq_stride: int, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, (freq_kernel, time_kernel), stride=(freq_stride, 1),
+                              padding=(freq_kernel // 2, 0), groups=groups)
+        self.context = time_kernel - 1
+
+    def forward(self, x: Tensor, past: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x: (B, C, F, T); past: (B, C, F, context) or None (silence before the start)."""
+        if not self.context:
+            return self.conv(x), x[..., :0]
+        if past is None:
+            past = x.new_zeros(*x.shape[:3], self.context)
+        full = torch.cat([past, x], -1)
+        return self.conv(full), full[..., full.shape[-1] - self.context:]
+
+    def bands_out(self, bands_in: int) -> int:
+        kernel, stride, pad = self.conv.kernel_size[0], self.conv.stride[0], self.conv.padding[0]
+        return (bands_in + 2 * pad - kernel) // stride + 1
+
+
+class Encoder(nn.Module):
+    """Noisy features (B, 3, F, T) -> latent (B, T, bands, hidden): a time-causal 5x2
+    convolution, then ``downsample - 1`` grouped 3x1 ones, each halving the bands
+    (161 bins -> 81 -> 41 -> 21)."""
+
+    def __init__(self, hidden: int, downsample: int, freq_bins: int):
+        super().__init__()
+        convs = [CausalConv(3, hidden, 5, 2, 2)]
+        convs += [CausalConv(hidden, hidden, 3, 1, 2, groups=2 if hidden % 2 == 0 else 1) for _ in range(downsample - 1)]
+        self.convs = nn.ModuleList(convs)
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in convs)
+        self.acts = nn.ModuleList(nn.PReLU(hidden) for _ in convs)
+        self.bands = [freq_bins]
+        for conv in convs:
+            self.bands.append(conv.bands_out(self.bands[-1]))
+
+    def forward(self, x: Tensor, state: StreamState) -> Tensor:
+        for i, (conv, norm, act) in enumerate(zip(self.convs, self.norms, self.acts)):
+            x, state.past[f"enc{i}"] = conv(x, state.past.get(f"enc{i}"))
+            x = act(norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return x.permute(0, 3, 2, 1).contiguous()  # (B, T, bands, C)
+
+    def macs(self) -> float:
+        """Multiply-accumulates per frame."""
+        return float(sum(conv.conv.weight.numel() * bands for conv, bands in zip(self.convs, self.bands[1:])))
+
+
+class TimeConv(nn.Module):
+    """Depthwise causal convolution along time in every sub-band, (B, T, bands, C) in and
+    out, with ``(kernel - 1) * dilation`` frames of past context carried as state. Written
+    as a weighted sum of time-shifted copies: on CPU that trains several times faster than
+    a grouped ``Conv1d`` and needs no layout changes."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(kernel, channels) / kernel)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.kernel, self.dilation = kernel, dilation
+        self.context = (kernel - 1) * dilation
+
+    def forward(self, x: Tensor, past: Tensor | None) -> tuple[Tensor, Tensor]:
+        t = x.shape[1]
+        if past is None:
+            past = x.new_zeros(x.shape[0], self.context, *x.shape[2:])
+        full = torch.cat([past, x], 1)
+        out = self.bias + sum(self.weight[j] * full[:, self.context - j * self.dilation: self.context - j * self.dilation + t]
+                              for j in range(self.kernel))
+        return out, full[:, full.shape[1] - self.context:]
+
+
+class BandConv(nn.Module):
+    """Depthwise convolution across the sub-bands of each frame (zero-padded, centred),
+    as a weighted sum of band-shifted copies (see :class:`TimeConv`)."""
+
+    def __init__(self, channels: int, kernel: int = 5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(kernel, channels) / kernel)
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.kernel = kernel
+
+    def forward(self, x: Tensor) -> Tensor:
+        f, half = x.shape[2], self.kernel // 2
+        padded = nn.functional.pad(x, (0, 0, half, half))
+        return self.bias + sum(self.weight[j] * padded[:, :, j:j + f] for j in range(self.kernel))
+
+
+class DualPathBlock(nn.Module):
+    """One stage: a frequency path (depthwise convolution across the sub-bands of each
+    frame, then a channel mix) and a time path (two dilated causal depthwise convolutions
+    along each sub-band, each followed by a channel mix), all residual and frame-normalised."""
+
+    def __init__(self, hidden: int, dilations: tuple[int, ...], kernel: int = 3):
+        super().__init__()
+        self.freq = BandConv(hidden)
+        self.freq_mix = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU())
+        self.freq_norm = nn.LayerNorm(hidden)
+        self.times = nn.ModuleList(TimeConv(hidden, kernel, d) for d in dilations)
+        self.time_mixes = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), nn.GELU()) for _ in dilations)
+        self.time_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in dilations)
+
+    def forward(self, x: Tensor, memory: dict[str, Tensor], prefix: str) -> Tensor:
+        """x: (B, T, bands, C); ``memory`` holds (and gets) each time convolution's past frames."""
+        x = x + self.freq_norm(self.freq_mix(self.freq(x)))
+        for j, (conv, mix, norm) in enumerate(zip(self.times, self.time_mixes, self.time_norms)):
+            key = f"{prefix}.time{j}"
+            along, memory[key] = conv(x, memory.get(key))
+            x = x + norm(mix(along))
+        return x
+
+
+def stage_dilations(k: int, per_stage: int = 2, cycle: int = 6) -> tuple[int, ...]:
+    """Dilations of stage k's time convolutions: 1, 2 | 4, 8 | 16, 32 | 1, 2 | ... so three
+    stages together see 2.5 s of past and every stage adds both near and far context."""
+    return tuple(2 ** ((per_stage * k + j) % cycle) for j in range(per_stage))
+
+
+class ExitHead(nn.Module):
+    """Latent (B, T, bands, C) + noisy features (B, T, F, 3) -> raw complex mask (B, 2, F, T)."""
+
+    def __init__(self, hidden: int, freq_bins: int, bands: int, width: int = 8):
+        super().__init__()
+        self.per_band = -(-freq_bins // bands)  # bins each sub-band unfolds into
+        self.freq_bins, self.width = freq_bins, width
+        self.unfold = nn.Linear(hidden, self.per_band * width)
+        self.refine = nn.Sequential(nn.Linear(width + 3, width), nn.GELU(), nn.Linear(width, 2))
+
+    def forward(self, latent: Tensor, features: Tensor) -> Tensor:
+        b, t, f, _ = latent.shape
+        bins = self.unfold(latent).reshape(b, t, f * self.per_band, self.width)[:, :, : self.freq_bins]
+        raw = self.refine(torch.cat([bins, features], -1))  # (B, T, F, 2)
+        return raw.permute(0, 3, 2, 1)
+
+
+def noisy_features(noisy: Tensor) -> Tensor:
+    """(B, 2, F, T) compressed spectrum -> (B, 3, F, T): real, imaginary, magnitude."""
+    return torch.cat([noisy, torch.sqrt(noisy[:, :1] ** 2 + noisy[:, 1:] ** 2 + 1e-8)], 1)
+
+
+class DualPathEnhancer(nn.Module):
+    """The StagedModel over :class:`DualPathBlock` stages (see the module docstring).
+
+    Offline state (a batch of whole utterances): ``noisy`` (B, 2, F, T), ``features``
+    (B, T, F, 3), ``latent`` (B, T, bands, C), ``estimate`` (B, 2, F, T), ``mask`` (B, 1, T).
+    The streaming calls (:meth:`encode`, :meth:`stage`) take and update a
+    :class:`StreamState`; the offline ones run them from an empty state.
+    """
+
+    state_names = ("noisy", "features", "latent", "estimate", "mask")  # the offline state, in export order
+    stage_updates = ("latent", "estimate")  # what each stage changes
+
+    def __init__(self, cfg):
+        super().__init__()
+        from .audio import SAMPLE_RATE
+        from .stft import STFT
+
+        self.config, self.sample_rate = cfg, SAMPLE_RATE
+        self.stft = STFT(compress=cfg.compress)
+        self.num_stages = cfg.num_stages
+        bins = self.stft.freq_bins
+        self.encoder = Encoder(cfg.hidden, cfg.downsample, bins)
+        self.bands = self.encoder.bands[-1]
+        self.blocks = nn.ModuleList(DualPathBlock(cfg.hidden, stage_dilations(k)) for k in range(cfg.num_stages))
+        self.heads = nn.ModuleList(ExitHead(cfg.hidden, bins, self.bands) for _ in range(cfg.num_stages))
+
+    # -- streaming-capable pieces
+    def encode(self, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
+        """(B, 2, F, T) noisy spectrum -> (features (B, T, F, 3), latent (B, T, bands, C))."""
+        features = noisy_features(noisy)
+        return features.permute(0, 3, 2, 1), self.encoder(features, memory)
+
+    def stage(self, k: int, latent: Tensor, features: Tensor, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
+        """Stage k on a latent: (new latent, the stage's estimate (B, 2, F, T))."""
+        from .model import complex_mask
+
+        latent = self.blocks[k](latent, memory.past, f"stage{k}")
+        return latent, complex_mask(self.heads[k](latent, features), noisy)
+
+    # -- StagedModel
+    def begin(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        noisy, frames = batch["noisy_spec"], batch["frames"]
+        mask = (torch.arange(noisy.shape[-1], device=noisy.device)[None, :] < frames[:, None].to(noisy.device))
+        features, latent = self.encode(noisy, StreamState())
+        return {"noisy": noisy, "features": features, "latent": latent, "estimate": noisy,
+                "mask": mask[:, None, :].to(noisy.dtype)}
+
+    def run_stage(self, k: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        latent, estimate = self.stage(k, state["latent"], state["features"], state["noisy"], StreamState())
+        return {**state, "latent": latent, "estimate": estimate * state["mask"].unsqueeze(1)}
+
+    def exit_output(self, k: int, state: dict[str, Tensor]) -> Tensor:
+        return state["estimate"]  # zero on padded frames
+
+    def select(self, state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        from adaptive_exit.staged import select_rows
+
+        return select_rows(state, keep)
+
+    def stage_cost(self, k: int) -> float:
+        """Multiply-accumulates per frame, relative to one stage: the encoder counts in stage 0."""
+        return 1.0 + (self.encoder_macs() / self.stage_macs() if k == 0 else 0.0)
+
+    def stage_macs(self) -> float:
+        """Multiply-accumulates per frame of one stage (block and exit head)."""
+        c, f, bins, head, block = self.config.hidden, self.bands, self.stft.freq_bins, self.heads[0], self.blocks[0]
+        paths = 1 + len(block.times)
+        per_band = paths * (c * c + c) + c * block.freq.kernel + sum(t.kernel * c for t in block.times)
+        per_bin = (head.width + 3) * head.width + head.width * 2
+        return float(f * per_band + f * c * head.per_band * head.width + bins * per_bin)
+
+    def encoder_macs(self) -> float:
+        return self.encoder.macs()
+
+    def backbone_parameters(self):
+        return self.parameters()
