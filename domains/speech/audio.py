@@ -37,8 +37,9 @@ def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndar
     return read_audio(path, target_sr)[0]
 
 
-def read_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
-    """(mono float32 audio at ``target_sr``, the file's sample rate, its length in samples)."""
+def read_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE) -> tuple[np.ndarray, int, int]:
+    """(mono float32 audio at ``target_sr`` (None: the file's own rate), the file's sample
+    rate, its length in samples)."""
     import soundfile as sf
 
     path = Path(path)
@@ -50,6 +51,8 @@ def read_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> tuple[n
         raise ValueError(f"{path}: not a readable audio file ({exc})") from None
     audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     check_audio(audio, str(path))
+    if target_sr is None:
+        return audio, sr, len(audio)
     return check_audio(resample(audio, sr, target_sr), str(path)), sr, len(audio)
 
 
@@ -66,6 +69,17 @@ def save_audio(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE
         audio = np.clip(audio, -1.0, 1.0)
     io.write_with(path, lambda tmp: sf.write(str(tmp), audio, sr, subtype=subtype, format="WAV"))
     return clipped
+
+
+def audio_seconds(path: str | os.PathLike) -> float:
+    """A file's duration from its header (nothing is decoded)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, ...
+        raise ValueError(f"{path}: not a readable audio file ({exc})") from None
+    return info.frames / info.samplerate if info.samplerate else 0.0
 
 
 def is_float_file(path: str | os.PathLike) -> bool:

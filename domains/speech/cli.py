@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 COMMAND_HELP = {"enhance": "enhance noisy speech files with a saved progressive model under an exit policy"}
@@ -33,6 +32,15 @@ def register(subparsers, common=None) -> None:
                        "(default: the model's saved policy)")
     group.add_argument("--budget", help="a budget, e.g. mean:0.5 (the model's calibrated policy for it) or max:0.5 "
                        "(the default policy capped at half the stages for every file)")
+    parser.add_argument("--stream", action="store_true",
+                        help="chunk-level early exit: each chunk of every file runs the stages the policy asks for "
+                             "(causal models; files longer than --max-offline-seconds always stream)")
+    parser.add_argument("--chunk-ms", type=float, default=40.0, help="streaming chunk length in ms (default 40)")
+    parser.add_argument("--max-offline-seconds", type=float, default=60.0,
+                        help="longer files are streamed in bounded memory (causal models; default 60)")
+    parser.add_argument("--high-band", choices=["keep", "drop"], default="keep",
+                        help="inputs above the model's rate: keep the original above the model band, scaled by the "
+                             "model's suppression in its top band (default), or drop it")
     parser.set_defaults(func=run)
 
 
@@ -62,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
     from adaptive_exit.runner import EarlyExitRunner
     from adaptive_exit.runtime import progress_enabled
 
-    from .audio import is_float_file, list_audio, read_audio, resample, save_audio
     from adaptive_exit.domain import load_any_model
 
-    from .enhance import enhance_waveform
+    from .audio import audio_seconds, is_float_file, list_audio, read_audio, save_audio
+    from .enhance import enhance_recording
+    from .stream import stream_file
 
     source, out_dir = Path(args.input), Path(args.output)
     if not source.exists():
@@ -85,28 +94,50 @@ def run(args: argparse.Namespace) -> int:
     model, default_policy, _ = load_any_model(args.model)  # a saved model, or an exported (onnxruntime) one
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
 
+    streams = hasattr(model, "encode")  # causal dual-path models carry per-layer state across chunks
+
     def enhance(path: Path) -> dict:
         record: dict = {"input": str(path)}
         target = targets[path]
         try:
             if target.exists() and not args.overwrite:
                 raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-            audio, orig_sr, orig_len = read_audio(path, model.sample_rate)  # mono at the model rate, or a clear ValueError
-            start = time.perf_counter()
-            enhanced, result = enhance_waveform(runner, audio)
-            seconds = time.perf_counter() - start
-            enhanced = _fit_length(resample(enhanced, model.sample_rate, orig_sr), orig_len)
-            clipped = save_audio(target, enhanced, orig_sr, "FLOAT" if is_float_file(path) else "PCM_16")
-            duration = len(audio) / model.sample_rate
-            record.update({"output": str(target), "exit_stage": int(result.exit_stage[0]), "stages_used": int(result.exit_stage[0]) + 1,
-                           "num_stages": model.num_stages, "cost_fraction": float(result.cost[0]) / result.full_cost,
-                           "duration_s": duration, "sample_rate": orig_sr, "processing_s": seconds,
-                           "rtf": seconds / duration})
-            if clipped:
-                record["warning"] = f"{clipped} samples above full scale were clipped in the 16-bit output"
+            subtype = "FLOAT" if is_float_file(path) else "PCM_16"
+            duration = audio_seconds(path)
+            if streams and (args.stream or duration > args.max_offline_seconds):
+                record.update(_streamed(path, target, subtype))
+            else:
+                if args.stream:
+                    raise ValueError(f"--stream needs a causal PyTorch model with per-layer state (architecture: "
+                                     f"dual-path); {args.model} does not stream")
+                record.update(_offline(path, target, subtype))
         except (ValueError, OSError, RuntimeError) as exc:  # this file fails; the others are still enhanced
             record["error"] = " ".join(str(exc).split())
         return record
+
+    def _offline(path: Path, target: Path, subtype: str) -> dict:
+        audio, orig_sr, _ = read_audio(path, None)  # mono at the file's rate, or a clear ValueError
+        start = time.perf_counter()
+        enhanced, result = enhance_recording(runner, audio, orig_sr, args.high_band)
+        seconds = time.perf_counter() - start
+        clipped = save_audio(target, enhanced, orig_sr, subtype)
+        duration = len(audio) / orig_sr
+        record = {"output": str(target), "mode": "offline", "exit_stage": int(result.exit_stage[0]),
+                  "stages_used": int(result.exit_stage[0]) + 1, "num_stages": model.num_stages,
+                  "cost_fraction": float(result.cost[0]) / result.full_cost, "duration_s": duration,
+                  "sample_rate": orig_sr, "processing_s": seconds, "rtf": seconds / duration}
+        return _clip_warning(record, clipped)
+
+    def _streamed(path: Path, target: Path, subtype: str) -> dict:
+        start = time.perf_counter()
+        stats, facts = stream_file(model, path, target, runner.policy, args.chunk_ms, args.high_band, subtype)
+        seconds = time.perf_counter() - start
+        duration = facts["samples"] / facts["sample_rate"]
+        record = {"output": str(target), "mode": "stream", "chunk_ms": args.chunk_ms, "mean_stages": stats.mean_stages,
+                  "num_stages": model.num_stages, "duration_s": duration, "sample_rate": facts["sample_rate"],
+                  "processing_s": seconds, "rtf": seconds / duration, "model_rtf": stats.rtf,
+                  "chunk_latency_ms_p95": stats.latency_ms(0.95)}
+        return _clip_warning(record, facts["clipped"])
 
     failures = printed = 0
     bar = tqdm(total=len(files), desc="enhancing", unit="file", leave=False,
@@ -120,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if printed and failures == printed else 0
 
 
-def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
-    if len(audio) >= length:
-        return audio[:length]
-    return np.pad(audio, (0, length - len(audio)))
+def _clip_warning(record: dict, clipped: int) -> dict:
+    if clipped:
+        record["warning"] = f"{clipped} samples above full scale were clipped in the 16-bit output"
+    return record

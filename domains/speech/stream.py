@@ -35,6 +35,7 @@ from adaptive_exit.policies import ExitPolicy, build_policy
 from adaptive_exit.runner import EarlyExitRunner
 
 from .dual_path import StreamState
+from .enhance import add_high_band, fit_length, top_band, top_band_gain
 
 
 class StreamingSTFT:
@@ -230,8 +231,7 @@ class StreamingEnhancer:
         self.runner = EarlyExitRunner(_Chunk(model, self.memory), build_policy(policy))
         self.pending: list[Tensor] = []
         self.stats = StreamStats(num_stages=model.num_stages, hop_seconds=stft.hop / model.sample_rate)
-        freqs = np.arange(stft.freq_bins) * model.sample_rate / stft.n_fft
-        self.top_band = torch.from_numpy((freqs >= top_band_hz) & (freqs <= model.sample_rate / 2 - 100))
+        self.top_band = top_band(model, top_band_hz)
         self.gains: list[float] = []  # per frame: the model's power gain in its top band (for RateBridge)
         self.length = 0
 
@@ -280,10 +280,7 @@ class StreamingEnhancer:
         estimate = torch.complex(out[0].double(), out[1].double())
         if self.compress:
             estimate = torch.polar(estimate.abs().pow(1.0 / self.compress), estimate.angle())
-        band = self.top_band
-        noisy_power = (magnitude[band].double() ** 2).sum(0)
-        gain = ((estimate.abs()[band] ** 2).sum(0) / noisy_power.clamp_min(1e-12)).clamp(0, 1).sqrt()
-        self.gains.extend(torch.where(noisy_power > 1e-10, gain, torch.ones_like(gain)).tolist())
+        self.gains.extend(top_band_gain(magnitude, estimate.abs(), self.top_band).tolist())
         self.stats.chunks.append(ChunkRecord(frames.shape[-1], int(result.exit_stage[0]) + 1, time.perf_counter() - start))
         return estimate
 
@@ -357,29 +354,18 @@ class RateBridge:
             count = min(count, len(reference))
         if final:
             count = len(original)
-            enhanced = _fit(enhanced, count)
+            enhanced = fit_length(enhanced, count)
             if self.keep_high:
-                reference = _fit(reference, count)
+                reference = fit_length(reference, count)
         out = enhanced[:count].copy()
         if self.keep_high:
-            high = original[:count] - reference[:count]
-            out += high * self._gains(self.emitted, count)
+            gains = np.asarray(self.enhancer.gains) if self.enhancer.gains else np.ones(1)
+            hop = self.enhancer.model.stft.hop * self.rate / self.model_rate
+            out = add_high_band(out, original[:count], reference[:count], gains, self.emitted, hop)
             self.reference = [reference[count:]]
         self.enhanced, self.original = [enhanced[count:]], [original[count:]]
         self.emitted += count
         return out
-
-    def _gains(self, start: int, count: int) -> np.ndarray:
-        """Per output sample: the model's top-band gain, interpolated between frame centres."""
-        gains = np.asarray(self.enhancer.gains) if self.enhancer.gains else np.ones(1)
-        hop = self.enhancer.model.stft.hop * self.rate / self.model_rate
-        positions = (start + np.arange(count)) / hop
-        return np.interp(positions, np.arange(len(gains)), gains).astype(np.float32)
-
-
-def _fit(audio: np.ndarray, length: int) -> np.ndarray:
-    return audio[:length] if len(audio) >= length else np.pad(audio, (0, length - len(audio)))
-
 
 def enhance_stream(model, blocks: Iterable[np.ndarray], sample_rate: int, policy: ExitPolicy | str = "full",
                    chunk_ms: float = 40.0, high_band: str = "keep") -> Iterator[np.ndarray]:
@@ -392,3 +378,44 @@ def enhance_stream(model, blocks: Iterable[np.ndarray], sample_rate: int, policy
         if len(out):
             yield out
     yield bridge.flush()
+
+
+def stream_file(model, source, target, policy: ExitPolicy | str = "full", chunk_ms: float = 40.0,
+                high_band: str = "keep", subtype: str = "PCM_16", block_seconds: float = 2.0) -> tuple[StreamStats, dict]:
+    """Enhance an audio file of any length in bounded memory: blocks are read, streamed
+    through a :class:`RateBridge` and written as they become final, to a temporary file
+    renamed onto ``target`` at the end (nothing is left half-written). Returns the stream's
+    statistics and facts about the file (rate, length, clipped samples)."""
+    import soundfile as sf
+
+    from adaptive_exit import io
+
+    from .audio import check_audio
+
+    try:
+        info = sf.info(str(source))
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, ...
+        raise ValueError(f"{source}: not a readable audio file ({exc})") from None
+    if info.frames == 0:
+        raise ValueError(f"{source}: the audio is empty (0 samples)")
+    bridge = RateBridge(model, info.samplerate, policy, chunk_ms, high_band)
+    facts = {"sample_rate": info.samplerate, "samples": 0, "clipped": 0}
+    integer = not subtype.startswith(("FLOAT", "DOUBLE"))
+
+    def put(out, piece: np.ndarray) -> None:
+        if integer:
+            facts["clipped"] += int(np.count_nonzero(np.abs(piece) > 1.0))
+            piece = np.clip(piece, -1.0, 1.0)
+        out.write(piece)
+
+    def write(tmp) -> None:
+        with sf.SoundFile(str(tmp), "w", info.samplerate, 1, subtype=subtype, format="WAV") as out:
+            for block in sf.blocks(str(source), blocksize=max(1, int(block_seconds * info.samplerate)), dtype="float32",
+                                   always_2d=True):
+                mono = check_audio(block.mean(axis=1), f"{source} (from sample {facts['samples']})")
+                facts["samples"] += len(mono)
+                put(out, bridge.push(mono))
+            put(out, bridge.flush())
+
+    io.write_with(target, write)
+    return bridge.stats, facts

@@ -36,7 +36,7 @@ def test_flops_per_stage_match_the_layer_arithmetic():
 def test_speech_stage_flops_match_the_network(tmp_path):
     from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
 
-    cfg = EnhancerConfig(num_stages=2, hidden=16)
+    cfg = EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=16)
     model = ProgressiveEnhancer(cfg).eval()
     frames = 40
     batch = {"noisy_spec": torch.randn(1, 2, 161, frames), "frames": torch.tensor([frames])}

@@ -16,6 +16,7 @@ from adaptive_exit.speech.metrics import score, si_sdr
 from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
 from adaptive_exit.speech.stft import STFT
 from adaptive_exit.traces import record_trace, replay
+from adaptive_exit.training import TrainConfig
 from tests.conftest import REPO
 
 RELATIVE = "patience:1,threshold={},distance=relative"
@@ -30,20 +31,22 @@ def test_stft_round_trip_is_exact(compress):
     torch.testing.assert_close(stft.waveform(spec, len(wav)), wav, rtol=0, atol=1e-5)
 
 
-def tiny_enhancer(seed=0, **kwargs):
+def tiny_enhancer(seed=0, architecture="stage-recurrent", **kwargs):
     torch.manual_seed(seed)
-    cfg = EnhancerConfig(hidden=24, num_stages=4, **kwargs)
+    cfg = EnhancerConfig(architecture=architecture, hidden=24 if architecture == "stage-recurrent" else 8,
+                         num_stages=4, **kwargs)
     model = DOMAIN.build_model(cfg, None)
     # random weights barely change the estimate; scale the output layers so stages differ
     with torch.no_grad():
-        for stage in model.stages:
-            stage.out.weight.mul_(20)
+        for out in ([s.out for s in model.stages] if architecture == "stage-recurrent" else [h.refine[-1] for h in model.heads]):
+            out.weight.mul_(20)
     return model.eval()
 
 
-@pytest.mark.parametrize("shared, causal", [(True, False), (False, True)])
-def test_batched_runner_equals_per_utterance_runs(shared, causal):
-    model = tiny_enhancer(shared=shared, causal=causal)
+@pytest.mark.parametrize("architecture, shared, causal", [("stage-recurrent", True, False), ("stage-recurrent", False, True),
+                                                          ("dual-path", False, True)])
+def test_batched_runner_equals_per_utterance_runs(architecture, shared, causal):
+    model = tiny_enhancer(architecture=architecture, shared=shared, causal=causal)
     items = [SyntheticDataset(3, 5, seconds=s)[i] for i, s in enumerate([0.6, 1.3, 0.9])]
     collate = SpeechCollator(STFT())
     batch = collate(items)
@@ -60,8 +63,9 @@ def test_batched_runner_equals_per_utterance_runs(shared, causal):
     assert torch.equal(replay(trace, RELATIVE.format(0.1)).exit_stage, EarlyExitRunner(model, RELATIVE.format(0.1))(batch).exit_stage)
 
 
-def test_causal_model_has_no_look_ahead():
-    model = tiny_enhancer(causal=True)
+@pytest.mark.parametrize("architecture", ["stage-recurrent", "dual-path"])
+def test_causal_model_has_no_look_ahead(architecture):
+    model = tiny_enhancer(architecture=architecture, causal=True)
     wav = torch.from_numpy(SyntheticDataset(1, 1, seconds=1.0)[0]["noisy"])
     stft = STFT()
     full, frames = stft.batch([wav])
@@ -75,9 +79,9 @@ def test_causal_model_has_no_look_ahead():
 
 
 def test_parameter_counts_are_small_by_default():
-    shared = ProgressiveEnhancer(EnhancerConfig())
+    shared = ProgressiveEnhancer(EnhancerConfig(architecture="stage-recurrent"))
     assert 1e5 < sum(p.numel() for p in shared.parameters()) < 1e6
-    unshared = ProgressiveEnhancer(EnhancerConfig(shared=False))
+    unshared = ProgressiveEnhancer(EnhancerConfig(architecture="stage-recurrent", shared=False))
     assert sum(p.numel() for p in unshared.parameters()) == 6 * sum(p.numel() for p in shared.parameters())
 
 
@@ -109,7 +113,7 @@ def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
         for q in range(3):
             assert snr(clean, targets[q]["clean_wav"][i].double().numpy()) == pytest.approx(input_snr + 5.0 * (q + 1), abs=1e-3)
     # each stage's loss is zero exactly when it hits its own target
-    objective = DOMAIN.objective(type("T", (), {"scheme": "joint", "exit_weights": "uniform", "distill_temperature": 1.0}), model)
+    objective = DOMAIN.objective(TrainConfig(exit_weights="uniform"), model)
     assert objective([t["clean_spec"] for t in targets], batch).item() == pytest.approx(0.0, abs=1e-6)
     assert objective([batch["clean_spec"]] * 4, batch).item() > 0
     plain = DOMAIN.collate(DOMAIN.build_model(EnhancerConfig(num_stages=4, hidden=8), None), items)
@@ -122,7 +126,7 @@ def test_change_penalty_adds_the_exit_distance_and_only_pushes_later_stages():
     from adaptive_exit.policies import relative_distance
 
     items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
-    train_cfg = type("T", (), {"scheme": "joint", "exit_weights": "linear", "distill_temperature": 1.0})
+    train_cfg = TrainConfig(exit_weights="linear")
     plain = DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8), None))
     penalised = DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8, change_weight=0.5), None))
     batch = SpeechCollator(STFT(compress=0.5))(items)
@@ -249,7 +253,7 @@ def test_masked_mapping_bounds_the_mask_and_checks_the_output_form():
     with pytest.raises(ValueError, match="model.output"):
         EnhancerConfig(output="ratio")
     for output in ("masked-mapping", "mapping", "refine"):  # every form keep padding out of the estimate
-        model = ProgressiveEnhancer(EnhancerConfig(num_stages=2, hidden=8, output=output))
+        model = ProgressiveEnhancer(EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=8, output=output))
         batch = {"noisy_spec": torch.randn(2, 2, 161, 12), "frames": torch.tensor([12, 7])}
         out = EarlyExitRunner(model, "full")(batch).output
         assert out[1, ..., 7:].abs().max() == 0
@@ -276,13 +280,13 @@ def test_noise_augmentation_is_reproducible_and_power_preserving(tmp_path):
 
 
 def test_model_folders_saved_before_output_forms_load_as_mapping(tmp_path):
-    model = DOMAIN.build_model(EnhancerConfig(num_stages=2, hidden=8, output="mapping"), None)
+    model = DOMAIN.build_model(EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=8, output="mapping"), None)
     DOMAIN.save_model(model, tmp_path / "model", "full")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    del config["model"]["output"]
+    del config["model"]["output"], config["model"]["architecture"]  # as saved before either existed
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     loaded, _ = DOMAIN.load_model(tmp_path / "model")
-    assert loaded.config.output == "mapping"
+    assert loaded.config.output == "mapping" and loaded.config.architecture == "stage-recurrent"
 
 
 def test_heldout_noises_keep_validation_noise_out_of_training(tmp_path):
