@@ -20,10 +20,12 @@ def register(subparsers, common=None) -> None:
         "own sample rate and length, under --output at the input's relative path; nothing that exists is "
         "overwritten without --overwrite, and inputs are never written. Each file gives one JSON record on "
         "stdout (stages used, real-time factor, or the error for that file); the rest are still enhanced.",
-        ["adaptive-exit enhance --model runs/speech-voicebank/model --input noisy/ --output enhanced/",
+        ["adaptive-exit enhance --input noisy/ --output enhanced/ --budget mean:0.5    # the shipped model",
+         "adaptive-exit enhance --model runs/speech-voicebank/model --input noisy/ --output enhanced/",
          "adaptive-exit enhance --model runs/speech-voicebank/model --input a.wav --output out/ --budget mean:0.5"],
         parents=[common] if common else [])
-    parser.add_argument("--model", required=True, help="a saved speech model folder (RUN_DIR/model)")
+    parser.add_argument("--model", default=None, help="a saved or exported speech model folder (RUN_DIR/model); "
+                                                       "default: the model shipped with the package")
     parser.add_argument("--input", required=True, help="an audio file (.wav, .flac, .ogg) or a folder of them")
     parser.add_argument("--output", required=True, help="folder for the enhanced WAVs (created if missing)")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
@@ -91,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         files = [source]
     targets = plan_outputs(files, source if source.is_dir() else None, out_dir)
+    if args.model is None:
+        from . import pretrained
+
+        args.model = str(pretrained.path())
     model, default_policy, _ = load_any_model(args.model)  # a saved model, or an exported (onnxruntime) one
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
 
