@@ -19,7 +19,6 @@ What a domain serves is a :class:`ServeAdapter` (``Domain.serve_adapter``); the 
 import asyncio
 import json
 import logging
-import statistics
 import threading
 import time
 from collections import deque
@@ -67,9 +66,9 @@ class ServeAdapter:
         """One item's answer from its row of the batch result."""
         raise NotImplementedError
 
-    def respond(self, items: list[Any], results: list[Any]) -> tuple[bytes, str]:
-        """The response body and its content type."""
-        return json.dumps({"results": results}).encode(), "application/json"
+    def respond(self, items: list[Any], results: list[Any]) -> tuple[bytes, str, dict[str, str]]:
+        """The response body, its content type and extra headers."""
+        return json.dumps({"results": results}).encode(), "application/json", {}
 
 
 @dataclass
@@ -318,8 +317,8 @@ def create_app(server: BatchingServer):
             results = await server.submit(items)
         except RequestError as exc:
             return error(exc.status, str(exc))
-        payload, media = adapter.respond(items, results)
-        return Response(payload, media_type=media)
+        payload, media, headers = adapter.respond(items, results)
+        return Response(payload, media_type=media, headers=headers)
 
     return app
 

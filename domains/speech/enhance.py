@@ -72,15 +72,26 @@ def enhance_recording(runner: EarlyExitRunner, audio: np.ndarray, rate: int, hig
         result = runner({"noisy_spec": batch["noisy_spec"], "frames": batch["frames"]})
     frames = int(batch["frames"][0])
     enhanced = waveform(model, result.output[0], frames, int(batch["lengths"][0]), int(batch["original_lengths"][0]))
-    if rate == model.sample_rate:
-        return enhanced, result
-    out = fit_length(resample(enhanced, model.sample_rate, rate), len(audio))
-    if high_band == "keep" and rate > model.sample_rate:
-        reference = fit_length(resample(low, model.sample_rate, rate), len(audio))
-        gains = top_band_gain(magnitude(model, batch["noisy_spec"][0, ..., :frames]),
-                              magnitude(model, torch.as_tensor(result.output[0])[..., :frames]), top_band(model))
-        out = add_high_band(out, audio, reference, gains.numpy(), 0, model.stft.hop * rate / model.sample_rate)
+    out = back_to_rate(model, audio, rate, low, enhanced, batch["noisy_spec"][0, ..., :frames],
+                       torch.as_tensor(result.output[0])[..., :frames], high_band)
     return out, result
+
+
+def back_to_rate(model, original: np.ndarray, rate: int, low: np.ndarray, enhanced: np.ndarray, noisy_spec: Tensor,
+                 enhanced_spec: Tensor, high_band: str = "keep") -> np.ndarray:
+    """The enhanced recording at the original ``rate`` and length: ``enhanced`` (at the model
+    rate) resampled, plus above the model band the original scaled by the model's top-band
+    gain (from the noisy and enhanced spectra of the model-rate signal) with ``"keep"``."""
+    from .audio import resample
+
+    if rate == model.sample_rate:
+        return fit_length(enhanced, len(original))
+    out = fit_length(resample(enhanced, model.sample_rate, rate), len(original))
+    if high_band == "keep" and rate > model.sample_rate:
+        reference = fit_length(resample(low, model.sample_rate, rate), len(original))
+        gains = top_band_gain(magnitude(model, noisy_spec), magnitude(model, enhanced_spec), top_band(model))
+        out = add_high_band(out, original, reference, gains.numpy(), 0, model.stft.hop * rate / model.sample_rate)
+    return out
 
 
 def magnitude(model, spec: Tensor) -> Tensor:

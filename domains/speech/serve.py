@@ -1,18 +1,18 @@
 """The speech endpoint of ``adaptive-exit serve``: ``POST /enhance`` with a WAV (or FLAC/OGG)
-body; the answer is the enhanced WAV at the input's own sample rate and length, with the
-stages used in the ``X-Exit-Stage`` header."""
+body; the answer is the enhanced WAV (float) at the input's own sample rate and length
+(above the model band the original is kept, scaled by the model's top-band gain, as
+``enhance`` does), with the stages used in the ``X-Stages-Used`` / ``X-Num-Stages`` headers."""
 from __future__ import annotations
 
 import io
 from typing import Any
 
-import numpy as np
 import torch
 
 from adaptive_exit.serving import RequestError, ServeAdapter
 
 from .audio import check_audio, resample
-from .enhance import padded_length, spectra, waveform
+from .enhance import back_to_rate, padded_length, spectra, waveform
 
 
 class SpeechServeAdapter(ServeAdapter):
@@ -38,7 +38,7 @@ class SpeechServeAdapter(ServeAdapter):
             check_audio(audio, "the request")
         except ValueError as exc:
             raise RequestError(str(exc)) from None
-        return [{"audio": resample(audio, sr, self.model.sample_rate), "sr": sr, "length": len(audio)}]
+        return [{"audio": resample(audio, sr, self.model.sample_rate), "original": audio, "sr": sr}]
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = spectra(self.model, [item["audio"] for item in items])
@@ -46,15 +46,18 @@ class SpeechServeAdapter(ServeAdapter):
 
     def item_result(self, item: dict[str, Any], output: torch.Tensor, stage: int, num_stages: int) -> dict[str, Any]:
         length = padded_length(self.model, len(item["audio"]))
-        enhanced = waveform(self.model, output, self.model.stft.frames(length), length, len(item["audio"]))
-        enhanced = resample(enhanced, self.model.sample_rate, item["sr"])
-        enhanced = np.pad(enhanced, (0, max(0, item["length"] - len(enhanced))))[: item["length"]]
+        frames = self.model.stft.frames(length)
+        enhanced = waveform(self.model, output, frames, length, len(item["audio"]))
+        noisy_spec = spectra(self.model, [item["audio"]])["noisy_spec"][0]
+        enhanced = back_to_rate(self.model, item["original"], item["sr"], item["audio"], enhanced, noisy_spec,
+                                torch.as_tensor(output)[..., :frames])
         return {"audio": enhanced, "sr": item["sr"], "stages_used": stage + 1, "num_stages": num_stages}
 
-    def respond(self, items: list[dict[str, Any]], results: list[dict[str, Any]]) -> tuple[bytes, str]:
+    def respond(self, items: list[dict[str, Any]], results: list[dict[str, Any]]) -> tuple[bytes, str, dict[str, str]]:
         import soundfile as sf
 
         buffer = io.BytesIO()
         result = results[0]
         sf.write(buffer, result["audio"], result["sr"], format="WAV", subtype="FLOAT")
-        return buffer.getvalue(), "audio/wav"
+        return buffer.getvalue(), "audio/wav", {"X-Stages-Used": str(result["stages_used"]),
+                                                 "X-Num-Stages": str(result["num_stages"])}

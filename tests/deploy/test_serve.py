@@ -137,6 +137,7 @@ def test_speech_endpoint_returns_the_offline_enhancement(tmp_path):
     expected, _ = enhance_waveform(EarlyExitRunner(model, policy), audio)
     for response in responses:
         assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
+        assert response.headers["x-num-stages"] == "3" and 1 <= int(response.headers["x-stages-used"]) <= 3
         got, sr = sf.read(io.BytesIO(response.content), dtype="float32")
         assert sr == 16000 and len(got) == len(audio)
         assert np.abs(got - expected).max() < 1e-4
