@@ -11,4 +11,5 @@ RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if p.parent.name 
 def test_shipped_recipe_loads(path):
     recipe, _ = load_recipe(path)
     assert recipe.domain in ("toy", "text", "speech")
-    assert recipe.train.max_steps > 0
+    # something trains: the exits, or (token reduction recipes, whose exits come from init_from) the selection
+    assert recipe.train.max_steps > 0 or "token_reduction_training" in recipe.model
