@@ -141,7 +141,7 @@ def test_predict_cli_prints_json_lines(tmp_path, capsys):
 
 def test_predict_cli_reports_missing_model(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "nope"), "--input", "-"]) == 2
-    assert "model file missing" in capsys.readouterr().err
+    assert "model folder not found" in capsys.readouterr().err
 
 
 def test_dict_policy_survives_save_load_predict(tmp_path, capsys):
