@@ -307,6 +307,7 @@ class RateBridge:
         self.reference: list[np.ndarray] = []  # up(down(input)), not yet output
         self.enhanced: list[np.ndarray] = []  # up(enhanced), not yet output
         self.received = self.emitted = 0
+        self.gains_dropped = 0  # top-band gains of frames already used and forgotten
 
     @property
     def stats(self) -> StreamStats:
@@ -361,11 +362,15 @@ class RateBridge:
         if self.keep_high:
             gains = np.asarray(self.enhancer.gains) if self.enhancer.gains else np.ones(1)
             hop = self.enhancer.model.stft.hop * self.rate / self.model_rate
-            out = add_high_band(out, original[:count], reference[:count], gains, self.emitted, hop)
+            out = add_high_band(out, original[:count], reference[:count], gains, self.emitted - self.gains_dropped * hop, hop)
             self.reference = [reference[count:]]
+            done = max(0, int((self.emitted + count) / hop) - 1 - self.gains_dropped)  # frames no later sample needs
+            del self.enhancer.gains[:min(done, max(0, len(self.enhancer.gains) - 1))]  # bounded memory on long streams
+            self.gains_dropped += min(done, max(0, len(gains) - 1))
         self.enhanced, self.original = [enhanced[count:]], [original[count:]]
         self.emitted += count
         return out
+
 
 def enhance_stream(model, blocks: Iterable[np.ndarray], sample_rate: int, policy: ExitPolicy | str = "full",
                    chunk_ms: float = 40.0, high_band: str = "keep") -> Iterator[np.ndarray]:
