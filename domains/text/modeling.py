@@ -207,8 +207,9 @@ class EncoderStages:
                    if state.get(name) is not None}
         if "positions" in reduced:
             reduced["positions"] = reduced["positions"][:, :width]
-        return {**state, **reduced, "hidden": hidden, "mask2d": mask2d, "captured": captured, "embeddings": None,
-                "layer_input": None}
+        if state.get("layer_input") is not None:  # LTP scores the next selection on the previous layer's input
+            reduced["layer_input"] = state["layer_input"].index_select(0, keep)[:, :width]
+        return {**state, **reduced, "hidden": hidden, "mask2d": mask2d, "captured": captured, "embeddings": None}
 
     def stage_cost(self, k: int) -> float:
         return 1.0

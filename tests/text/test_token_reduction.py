@@ -36,15 +36,27 @@ def test_keeping_every_token_equals_the_unreduced_model_exactly(arch):
     assert torch.equal(kept.output, full.output)
 
 
-def test_rows_keeping_different_counts_equal_each_row_alone():
-    model = tr_model("bert")
-    set_policy_bias(model, 0.0)  # random weights: each row keeps its own subset
+@pytest.mark.parametrize("method", ["trbert", "ltp"])
+def test_rows_keeping_different_counts_equal_each_row_alone(method):
+    """Also with layer exits compacting the batch between selection points (LTP scores its
+    next selection on the previous layer's input, which compaction must carry along)."""
+    model = tr_model("bert", method=method)
+    if method == "trbert":
+        set_policy_bias(model, 0.0)  # random weights: each row keeps its own subset
+    else:
+        with torch.no_grad():
+            model.reducer.thresholds.fill_(0.9)  # drop tokens that get less attention than ~an average one
     batch = random_batch(6, 12, seed=5)
-    batched = EarlyExitRunner(model, "patience:1")(batch)
+    # an entropy threshold between the rows' entropies at the second exit: rows leave the batch at different layers
+    trace = record_trace(model, [batch], targets=lambda b: torch.zeros(6, dtype=torch.long), progress=False)
+    probs = trace.outputs[:, 1].softmax(-1)
+    policy = f"entropy:{float(-(probs * probs.log()).sum(-1).median()):.6f}"
+    batched = EarlyExitRunner(model, policy)(batch)
+    assert len(set(batched.exit_stage.tolist())) > 1
     fractions = []
     for i in range(6):
         n = int(batch["attention_mask"][i].sum())
-        alone = EarlyExitRunner(model, "patience:1")({k: v[i:i + 1, :n] for k, v in batch.items()})
+        alone = EarlyExitRunner(model, policy)({k: v[i:i + 1, :n] for k, v in batch.items()})
         assert int(alone.exit_stage[0]) == int(batched.exit_stage[i])
         torch.testing.assert_close(alone.output[0], batched.output[i], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(alone.cost[0], batched.cost[i])
