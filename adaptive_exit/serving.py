@@ -92,13 +92,23 @@ def budget_levels(table: BudgetTable, default: ExitPolicy) -> list[Level]:
 
 
 class LatencyController:
-    """Moves along the budget levels to keep a latency percentile under the target."""
+    """Moves along the budget levels to keep a latency percentile under the target.
+
+    Two signals move it toward cheaper levels: the percentile of recent latencies over the
+    target, and (sooner, before those requests finish) a batch whose oldest request has
+    already queued for ``queue_fraction`` of the target. Moving back toward full quality
+    needs the percentile well under the target (``headroom``) and ``up_cooldown_s`` since the
+    last move, so a level that only just copes is not left for one that cannot (the
+    oscillation that otherwise keeps refilling the queue).
+    """
 
     def __init__(self, levels: list[Level], target_ms: float, percentile: float = 95.0, window: int = 64,
-                 headroom: float = 0.4, cooldown_s: float = 1.0, idle_s: float = 2.0):
+                 headroom: float = 0.4, cooldown_s: float = 0.5, idle_s: float = 2.0, up_cooldown_s: float = 5.0,
+                 queue_fraction: float = 0.8):
         self.levels, self.target_ms, self.percentile = levels, target_ms, percentile
         self.window: deque[float] = deque(maxlen=window)
         self.headroom, self.cooldown_s, self.idle_s = headroom, cooldown_s, idle_s
+        self.up_cooldown_s, self.queue_fraction = up_cooldown_s, queue_fraction
         self.index = 0
         self.last_move = self.last_request = time.monotonic()
         self.lock = threading.Lock()
@@ -116,16 +126,22 @@ class LatencyController:
             self.last_request = time.monotonic()
             self._adjust()
 
+    def queue_wait(self, waited_ms: float) -> None:
+        """The oldest request of the batch about to run has waited ``waited_ms``: a queue is
+        building up, whatever the finished requests say yet."""
+        with self.lock:
+            cheaper = self.index < len(self.levels) - 1
+            if cheaper and waited_ms > self.queue_fraction * self.target_ms and time.monotonic() - self.last_move >= self.cooldown_s:
+                self._move(+1, waited_ms, "queued")
+
     def _adjust(self) -> None:
-        now = time.monotonic()
-        if now - self.last_move < self.cooldown_s:
-            return
+        since = time.monotonic() - self.last_move
         value = self.observed()
-        if value is None:
+        if value is None or since < self.cooldown_s:
             return
         if value > self.target_ms and self.index < len(self.levels) - 1:
             self._move(+1, value)
-        elif value < (1 - self.headroom) * self.target_ms and self.index > 0:
+        elif value < (1 - self.headroom) * self.target_ms and self.index > 0 and since >= self.up_cooldown_s:
             self._move(-1, value)
 
     def tick(self) -> None:
@@ -135,12 +151,13 @@ class LatencyController:
                 self.window.clear()
                 self._move(-self.index, None)
 
-    def _move(self, step: int, value: float | None) -> None:
+    def _move(self, step: int, value: float | None, signal: str | None = None) -> None:
         self.index += step
         self.last_move = time.monotonic()
         self.window.clear()
+        measured = signal or f"p{self.percentile:g}"
         logger.info("budget -> %s (%s)", self.level.name,
-                    "idle" if value is None else f"p{self.percentile:g} {value:.1f} ms vs target {self.target_ms:g} ms")
+                    "idle" if value is None else f"{measured} {value:.1f} ms vs target {self.target_ms:g} ms")
 
 
 @dataclass
@@ -230,6 +247,8 @@ class BatchingServer:
                     break
                 batch.append(nxt)
                 count += len(nxt.items)
+            if self.controller:
+                self.controller.queue_wait((time.monotonic() - first.arrived) * 1000)
             try:
                 results = await loop.run_in_executor(self.executor, self._run, [i for p in batch for i in p.items])
             except Exception as exc:  # noqa: BLE001 - a batch failing must not stop the server

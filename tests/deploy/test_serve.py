@@ -147,7 +147,7 @@ def test_speech_endpoint_returns_the_offline_enhancement(tmp_path):
 def test_controller_moves_down_under_load_and_back_when_idle():
     levels = [Level("full", build_policy("full"), 1.0), Level("mean:0.5", build_policy("patience:1"), 0.5),
               Level("mean:0.3", build_policy("budget:2"), 0.3)]
-    controller = LatencyController(levels, target_ms=50, cooldown_s=0.0, idle_s=0.05)
+    controller = LatencyController(levels, target_ms=50, cooldown_s=0.0, idle_s=0.05, up_cooldown_s=0.0)
     for _ in range(10):
         controller.record(80.0)  # over target: one level down per full window
     assert controller.level.name == "mean:0.5"
@@ -162,6 +162,18 @@ def test_controller_moves_down_under_load_and_back_when_idle():
     time.sleep(0.1)
     controller.tick()  # idle: full quality
     assert controller.level.name == "full"
+
+
+def test_controller_reacts_to_a_queue_before_latencies_arrive_and_holds_before_going_back():
+    levels = [Level("full", build_policy("full"), 1.0), Level("mean:0.5", build_policy("patience:1"), 0.5)]
+    controller = LatencyController(levels, target_ms=100, cooldown_s=0.0, up_cooldown_s=60.0)
+    controller.queue_wait(30.0)  # under half the target: no move
+    assert controller.level.name == "full"
+    controller.queue_wait(60.0)  # the oldest queued request has used over half the target
+    assert controller.level.name == "mean:0.5"
+    for _ in range(20):
+        controller.record(5.0)  # far under target, but too soon after the move to go back
+    assert controller.level.name == "mean:0.5"
 
 
 def test_budget_levels_come_from_the_calibrated_table():
