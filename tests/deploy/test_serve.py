@@ -167,9 +167,9 @@ def test_controller_moves_down_under_load_and_back_when_idle():
 def test_controller_reacts_to_a_queue_before_latencies_arrive_and_holds_before_going_back():
     levels = [Level("full", build_policy("full"), 1.0), Level("mean:0.5", build_policy("patience:1"), 0.5)]
     controller = LatencyController(levels, target_ms=100, cooldown_s=0.0, up_cooldown_s=60.0)
-    controller.queue_wait(30.0)  # under half the target: no move
+    controller.queue_wait(70.0)  # under 80% of the target: no move
     assert controller.level.name == "full"
-    controller.queue_wait(60.0)  # the oldest queued request has used over half the target
+    controller.queue_wait(85.0)  # the oldest queued request has used over 80% of the target
     assert controller.level.name == "mean:0.5"
     for _ in range(20):
         controller.record(5.0)  # far under target, but too soon after the move to go back
