@@ -31,7 +31,7 @@ def test_two_process_training_ends_with_identical_weights(tmp_path, launcher):
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", str(SCRIPT), str(tmp_path)]
         _launch(cmd, tmp_path, ACCELERATE_USE_CPU="1")
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     for name, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][name]), name
@@ -43,6 +43,6 @@ def test_two_process_training_ends_with_identical_weights(tmp_path, launcher):
     single.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, str(SCRIPT), str(single)], check=True, env=env, capture_output=True, timeout=300)
-    alone = torch.load(single / "rank0.pt", weights_only=False)
+    alone = torch.load(single / "rank0.pt", weights_only=True)
     for name, value in ranks[0]["state"].items():
         torch.testing.assert_close(value, alone["state"][name], rtol=1e-3, atol=1e-4)

@@ -94,7 +94,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     model, train = fresh()
     with pytest.raises(Crash):
         Trainer(model, train, collate_toy, DOMAIN.objective(cfg), cfg, tmp_path / "b", on_step_end=crash_at).train()
-    assert torch.load(tmp_path / "b" / "checkpoint" / "last.pt", weights_only=False)["step"] == 8
+    assert torch.load(tmp_path / "b" / "checkpoint" / "last.pt", weights_only=True)["step"] == 8
     model, train = fresh()  # a new process would start from scratch weights
     resumed = Trainer(model, train, collate_toy, DOMAIN.objective(cfg), cfg, tmp_path / "b").train()
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
