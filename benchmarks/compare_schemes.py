@@ -27,7 +27,7 @@ from adaptive_exit.evaluation import evaluate_policy, threshold_quantiles
 from adaptive_exit.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 RUNS = {"joint (PABEE)": "runs/sst2-pabee", "two-stage (DeeBERT)": "runs/sst2-two-stage",
         "distill (FastBERT)": "runs/sst2-distill", "RomeBERT": "runs/sst2-romebert"}
@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", type=int, default=200, help="thresholds per policy family (quantiles of its measure)")
     parser.add_argument("--split", default="dev")
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     report = {}
     for name, run in RUNS.items():

@@ -18,14 +18,14 @@ from pathlib import Path
 from adaptive_exit.text.token_eval import envelope_f1_at, rows_from_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+")
     parser.add_argument("--at", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     table = []
     for name in args.files:

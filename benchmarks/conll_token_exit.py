@@ -26,7 +26,7 @@ from adaptive_exit.text.token_eval import (best_within, sentee_f1_at, sentence_l
                                            wall_clock)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="output JSON (default: conll_token_exit.json under runs/benchmarks/, "
                         "or benchmarks/results/ with --save)")
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
 
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])

@@ -26,7 +26,7 @@ from adaptive_exit.policies import ExitPolicy, Patience
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.toy import ToyModelConfig, ToyStagedModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", default=None, help="output JSON (default: core_runner.json under runs/benchmarks/, "
                         "or benchmarks/results/ with --save)")
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

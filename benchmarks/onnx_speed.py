@@ -32,7 +32,7 @@ from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import add_save_flag, print_table, results_path  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads (default 1)")
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])
@@ -84,11 +84,11 @@ def main() -> None:
         r["vs_pytorch_full"] = r["samples_per_s"] / base[r["batch_size"]]
 
     print(f"{args.run}: {len(labels)} {split} samples, early exit = {args.policy}, {args.threads} thread(s)")
-    print("| engine | mode | batch | samples/s | vs PyTorch full | accuracy | mean layers | same labels / exits as PyTorch |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['engine']} | {r['mode']} | {r['batch_size']} | {r['samples_per_s']:.1f} | {r['vs_pytorch_full']:.2f}x | "
-              f"{r['accuracy']:.4f} | {r['mean_layers']:.2f} | {r['labels_equal_pytorch']:.4f} / {r['exits_equal_pytorch']:.4f} |")
+    print_table(["engine", "mode", "batch", "samples/s", "vs PyTorch full", "accuracy", "mean layers",
+                 "same labels / exits as PyTorch"],
+                [[r["engine"], r["mode"], str(r["batch_size"]), f"{r['samples_per_s']:.1f}", f"{r['vs_pytorch_full']:.2f}x",
+                  f"{r['accuracy']:.4f}", f"{r['mean_layers']:.2f}",
+                  f"{r['labels_equal_pytorch']:.4f} / {r['exits_equal_pytorch']:.4f}"] for r in rows])
     out = results_path("onnx_speed.json", args.save)
     out.write_text(json.dumps({"run": args.run, "policy": args.policy, "split": split, "num_samples": len(labels),
                                "threads": args.threads, "machine": platform.processor() or platform.machine(),

@@ -35,7 +35,7 @@ from adaptive_exit.pipeline import Pipeline
 from adaptive_exit.serving import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import add_save_flag, print_table, results_path  # noqa: E402
 
 
 def free_port() -> int:
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (default 1)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
 
     model_dir = Path(args.model)
@@ -143,11 +143,9 @@ def main() -> None:
 
     print(f"{args.model}: SST-2 dev sentences one per request, {args.threads} server thread(s), target {args.slo}; "
           f"budget table: {', '.join(f'{b} -> {p}' for b, p in table.entries.items()) or 'empty'}")
-    print("| server | rate (req/s) | throughput | p50 ms | p95 ms | meets target | accuracy | mean budget |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['server']} | {r['rate']:g} | {r['throughput']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-              f"{'yes' if r['meets_target'] else 'no'} | {r['accuracy']:.4f} | {r['mean_budget']:.2f} |")
+    print_table(["server", "rate (req/s)", "throughput", "p50 ms", "p95 ms", "meets target", "accuracy", "mean budget"],
+                [[r["server"], f"{r['rate']:g}", f"{r['throughput']:.1f}", f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}",
+                  "yes" if r["meets_target"] else "no", f"{r['accuracy']:.4f}", f"{r['mean_budget']:.2f}"] for r in rows])
     out = results_path("serve_load.json", args.save)
     out.write_text(json.dumps({"model": args.model, "slo": args.slo, "threads": args.threads, "cores": os.cpu_count(),
                                "machine": platform.processor() or platform.machine(), "budget_table":

@@ -30,7 +30,7 @@ from adaptive_exit.speech.enhance import enhance_recording
 from adaptive_exit.speech.metrics import score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 RATE = 8000
 METRICS = ("pesq_nb", "stoi")
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--snrs", type=float, nargs="+", default=[0, 5, 10, 15])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

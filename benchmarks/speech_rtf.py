@@ -29,7 +29,7 @@ from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.speech.enhance import enhance_waveform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 def enhance_all(runner: EarlyExitRunner, audio: list[torch.Tensor]) -> tuple[float, float]:
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/speech-voicebank")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])
     pipeline = Pipeline(recipe)

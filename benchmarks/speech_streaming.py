@@ -32,7 +32,7 @@ from adaptive_exit.speech.domain import DOMAIN
 from adaptive_exit.speech.stream import StreamingEnhancer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 def chunk_costs(model, audio: list[np.ndarray], chunks_ms: list[float], policies: list[str], block: int) -> list[dict]:
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--block-ms", type=float, default=10.0, help="how much audio each push carries (default 10 ms)")
     parser.add_argument("--minutes", type=float, default=60.0, help="length of the long recording (0: skip)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Path(os.environ.get("ADAPTIVE_EXIT_DATA", "../shared/data"))

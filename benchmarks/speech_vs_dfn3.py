@@ -46,7 +46,7 @@ from adaptive_exit.speech.enhance import enhance_waveform, fit_length
 from adaptive_exit.speech.metrics import score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 METRICS = ("pesq", "stoi", "estoi", "si_sdr")
 RELATIVE = "patience:1,threshold={},distance=relative"
@@ -211,7 +211,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timing repeats (best of)")
     parser.add_argument("--no-dfn3", action="store_true", help="only our model (DFN3 not installed)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs (a quick look)")
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -22,7 +22,7 @@ from adaptive_exit.evaluation import per_sample_quality
 from adaptive_exit.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 def paired_steps(quality: np.ndarray, resamples: int, seed: int) -> list[dict]:
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--split", default=None, help="default: the recipe's eval split")
     parser.add_argument("--resamples", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
 
     recipe, _ = load_recipe(Path(args.run) / "config.yaml", [f"run_dir={args.run}"])

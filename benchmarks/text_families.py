@@ -30,7 +30,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 SIZE = dict(hidden_size=384, num_attention_heads=12, intermediate_size=1536, num_hidden_layers=6, vocab_size=1000,
             pad_token_id=0)
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures)")
+    add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from adaptive_exit.text.encoder import LayerwiseEncoder

@@ -28,7 +28,7 @@ from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 
 def timed(runner: EarlyExitRunner, batches: list, repeats: int):
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--policy", default="patience:2")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/ (the committed figures); default: runs/benchmarks/")
+    add_save_flag(parser)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:

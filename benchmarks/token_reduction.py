@@ -32,7 +32,7 @@ from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _output import results_path  # noqa: E402
+from _output import results_path, add_save_flag  # noqa: E402
 
 RUNS = {"base (layer exits only)": "runs/imdb-pabee", "TR-BERT": "runs/imdb-trbert", "LTP": "runs/imdb-ltp"}
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--timing-samples", type=int, default=128, help="reviews timed at batch 32 (default 128)")
     parser.add_argument("--timing-samples-b1", type=int, default=32, help="reviews timed at batch 1 (default 32)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--save", action="store_true", help="update benchmarks/results/; default: runs/benchmarks/")
+    add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
