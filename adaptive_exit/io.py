@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -86,10 +87,70 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(text: str | bytes) -> int:
+    """The deepest bracket nesting of a JSON text, strings skipped (no recursion, so any
+    depth is measured safely before the parser sees it)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    depth = deepest = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(text: str | bytes, source: str, max_depth: int | None = None) -> Any:
+    """Parse JSON from a file or request: duplicate keys and nesting deeper than
+    ``max_depth`` (the ``json_depth`` limit) are errors naming ``source``, never a crash."""
+    from .limits import limit
+
+    depth_cap = int(limit("json_depth") if max_depth is None else max_depth)
+    if json_depth(text) > depth_cap:
+        raise ValueError(f"{source}: JSON nested deeper than {depth_cap} levels (limit json_depth)")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"{source}: not valid JSON ({exc})") from None
+
+
+def read_json(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
+    """A JSON file read within the ``json_file_bytes`` limit; errors name the file."""
+    from .limits import limit
+
+    path = Path(path)
+    cap = limit("json_file_bytes") if max_bytes is None else max_bytes
+    size = path.stat().st_size
+    if size > cap:
+        raise ValueError(f"{path}: {size:,} bytes, over the {cap:,}-byte limit for JSON files (limit json_file_bytes)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    return parse_json(text, str(path))
+
+
 def update_json(path: str | os.PathLike, **changes: Any) -> None:
     """Set top-level keys of a JSON file, atomically and under a lock."""
     with locked(path):
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = read_json(path)
         data.update(changes)
         write_json(path, data)
 
@@ -114,7 +175,7 @@ def read_model_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str
         if not f.is_file():
             raise FileNotFoundError(f"model file missing: {f}")
     try:
-        return json.loads(config_file.read_text(encoding="utf-8")), load_file(str(weights))
+        return read_json(config_file), load_file(str(weights))
     except Exception as exc:  # noqa: BLE001 - corrupt JSON or safetensors
         raise ValueError(f"cannot read model folder {path}: {exc}") from exc
 

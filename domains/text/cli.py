@@ -288,13 +288,14 @@ def register_convert(subparsers, common=None) -> None:
 
 def convert_recipe(args: argparse.Namespace) -> dict:
     """The recipe ``convert`` runs, from its options (saved as RUN_DIR/config.yaml)."""
-    from transformers import AutoConfig
-
     from .domain import resolve_model_path
+    from .hub import CustomCodeRefused, load_config
 
     path = resolve_model_path(args.model)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = load_config(path)
+    except CustomCodeRefused:
+        raise
     except (OSError, ValueError) as exc:
         raise ValueError(f"--model {args.model}: cannot read a model config ({' '.join(str(exc).split())[:300]})") from None
     regression = config.num_labels == 1 or getattr(config, "problem_type", None) == "regression"

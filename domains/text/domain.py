@@ -19,6 +19,7 @@ from adaptive_exit.losses import MultiExitObjective
 from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .conll import IGNORE, TokenCollator, read_conll
+from .hub import load_tokenizer, refuse_custom_code
 from .data import KINDS, TASKS, TaskSpec, TextCollator, infer_label_names, load_hf_split, read_table
 from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification
 from .token_metrics import register_conll_metrics
@@ -130,8 +131,6 @@ class TextDomain(Domain):
 
     # -- model
     def build_model(self, model_cfg: TextModelConfig, data_cfg: TextDataConfig) -> nn.Module:
-        from transformers import AutoTokenizer
-
         task = task_spec(data_cfg)
         follow_progress_setting()
         if model_cfg.init_from:
@@ -146,7 +145,7 @@ class TextDomain(Domain):
                 token_reduction=model_cfg.token_reduction)
             if model.config.task != task.kind:
                 raise ValueError(f"{model_cfg.name_or_path} is a {model.config.task} model but data.task is {task.kind}")
-            model.tokenizer = AutoTokenizer.from_pretrained(path)
+            model.tokenizer = load_tokenizer(path)
             return model
         labels = list(self.label_names(data_cfg)) if task.kind != "regression" else None
         if task.kind == "token-classification":
@@ -162,7 +161,7 @@ class TextDomain(Domain):
             )
             if model.reducer is not None and model_cfg.token_reduction_training is not None:
                 model.reducer.mode = "off"  # the exits train on every token first; token_reduction_training follows
-        model.tokenizer = AutoTokenizer.from_pretrained(path)
+        model.tokenizer = load_tokenizer(path)
         return model
 
     def _from_saved(self, model_cfg: TextModelConfig, task: TaskSpec) -> nn.Module:
@@ -215,11 +214,9 @@ class TextDomain(Domain):
 
     def load_exported(self, folder):
         """The exported model with its tokenizer, labels and task (what predict and serve need)."""
-        from transformers import AutoTokenizer
-
         model, policy = super().load_exported(folder)
         extra = model.manifest.extra
-        model.tokenizer = AutoTokenizer.from_pretrained(folder)
+        model.tokenizer = load_tokenizer(folder)
         model.config = SimpleNamespace(task=extra["task"], label_names=extra["label_names"],
                                        max_seq_length=extra["max_seq_length"])
         return model, policy
@@ -335,18 +332,17 @@ def follow_progress_setting() -> None:
 def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassification | EarlyExitForTokenClassification, ExitPolicy]:
     """Load a saved early-exit text model (sequence or token classification) with its
     tokenizer; clear errors for bad folders."""
-    from transformers import AutoTokenizer
-
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model file missing: {path / 'config.json'} (is {path} a saved adaptive-exit text model?)")
     follow_progress_setting()
+    refuse_custom_code(path)
     try:
         config = EarlyExitConfig.from_pretrained(path)
         model_class = (EarlyExitForTokenClassification if config.task == "token-classification"
                        else EarlyExitForSequenceClassification)
         model = model_class.from_pretrained(path)
-        model.tokenizer = AutoTokenizer.from_pretrained(path)
+        model.tokenizer = load_tokenizer(path)
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
         raise ValueError(f"cannot load text model from {path}: {exc}") from exc
     return model.eval(), model.policy

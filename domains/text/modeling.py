@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from adaptive_exit.losses import exit_weights, weighted_exit_loss
@@ -32,6 +32,7 @@ from adaptive_exit.traces import Trace, replay
 
 from adaptive_exit.staged import select_rows
 
+from .hub import build_from_config_dict, load_backbone, load_sequence_classifier
 from .encoder import ENCODER_INPUTS, Captured, LayerwiseEncoder
 from .token_reduction import TokenReducer, TokenReductionConfig, gather_rows, pack
 
@@ -221,7 +222,7 @@ class EncoderStages:
         if backbone is None:
             if not config.backbone:
                 raise ValueError("EarlyExitConfig.backbone is empty: build the model with from_backbone(name_or_path)")
-            backbone = AutoModel.from_config(AutoConfig.for_model(**config.backbone))
+            backbone = build_from_config_dict("AutoModel", config.backbone, "config.json backbone")
         if register:
             self.backbone = backbone
         else:
@@ -256,9 +257,8 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         converted = bool(config.classifier)
         if converted:
             if classifier is None:
-                from transformers import AutoModelForSequenceClassification
-
-                classifier = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**config.classifier))
+                classifier = build_from_config_dict("AutoModelForSequenceClassification", config.classifier,
+                                                    "config.json classifier")
             self.original = classifier
             backbone = classifier.base_model
         hidden = self._attach_backbone(config, backbone, register=not converted)
@@ -310,7 +310,7 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
     @classmethod
     def from_backbone(cls, name_or_path: str, num_labels: int = 2, task: str = "classification", **kwargs) -> "EarlyExitForSequenceClassification":
         """Wrap a pretrained encoder (a hub name or a local path) with fresh exits."""
-        backbone = AutoModel.from_pretrained(name_or_path)
+        backbone = load_backbone(name_or_path)
         config = EarlyExitConfig(backbone=backbone.config.to_dict(), num_labels=num_labels, task=task, **kwargs)
         return cls(config, backbone=backbone)
 
@@ -320,9 +320,7 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         path): its own head becomes the last exit (predictions unchanged), new exits go after
         every earlier layer. Labels and the task (regression when it has one output) come
         from the checkpoint."""
-        from transformers import AutoModelForSequenceClassification
-
-        classifier = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+        classifier = load_sequence_classifier(name_or_path)
         cfg = classifier.config
         task = "regression" if cfg.num_labels == 1 or cfg.problem_type == "regression" else "classification"
         if getattr(cfg, "problem_type", None) == "multi_label_classification":

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 
 from adaptive_exit.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
 from adaptive_exit.runner import EarlyExitRunner
 from adaptive_exit.staged import all_exit_outputs, select_rows
 
+from .hub import load_backbone
 from .conll import IGNORE
 from .modeling import EarlyExitConfig, EarlyExitOutput, EncoderStages
 
@@ -62,7 +63,7 @@ class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
 
     @classmethod
     def from_backbone(cls, name_or_path: str, label_names: list[str], **kwargs) -> "EarlyExitForTokenClassification":
-        backbone = AutoModel.from_pretrained(name_or_path)
+        backbone = load_backbone(name_or_path)
         config = EarlyExitConfig(backbone=backbone.config.to_dict(), num_labels=len(label_names), task="token-classification",
                                  label_names=list(label_names), **kwargs)
         return cls(config, backbone=backbone)
