@@ -85,12 +85,30 @@ def data_root(cfg: SpeechDataConfig) -> Path:
     return Path(cfg.data_dir or os.environ.get("ADAPTIVE_EXIT_DATA", str(Path("..") / "shared" / "data")))
 
 
+# Settings that shape training, not the network: init_from may change them.
+TRAINING_ONLY = ("init_from", "loss_alpha", "si_sdr_weight", "change_weight", "target_snr_step_db")
+
+
 class SpeechDomain(Domain):
     name = "speech"
     model_config = EnhancerConfig
     data_config = SpeechDataConfig
     def build_model(self, model_cfg: EnhancerConfig, data_cfg: Any) -> nn.Module:
-        return build_enhancer(model_cfg)
+        """The model a recipe describes; when training (``data_cfg`` given) with
+        ``model.init_from``, it starts from that saved model's weights (a continuation).
+        Loading a saved model (``data_cfg`` None) never follows ``init_from``: it is a record."""
+        model = build_enhancer(model_cfg)
+        if model_cfg.init_from and data_cfg is not None:
+            saved, _ = self.load_model(model_cfg.init_from)
+            ours = {k: v for k, v in asdict(model_cfg).items() if k not in TRAINING_ONLY}
+            theirs = {k: v for k, v in asdict(saved.config).items() if k not in TRAINING_ONLY}
+            different = sorted(k for k in ours if ours[k] != theirs.get(k))
+            if different:
+                raise ValueError(f"model.init_from {model_cfg.init_from}: its model differs in {different} "
+                                 f"({', '.join(f'{k}={theirs.get(k)!r}' for k in different)})")
+            model.load_state_dict(saved.state_dict())
+            logger.info("model weights from %s", model_cfg.init_from)
+        return model
 
     def upgrade_config(self, saved: dict) -> dict:
         # folders saved before `output` existed used plain mapping, before `architecture` the stage-recurrent model

@@ -33,7 +33,7 @@ from .stft import STFT
 
 
 OUTPUT_FORMS = ("masked-mapping", "mapping", "refine")
-ARCHITECTURES = ("dual-path", "stage-recurrent")
+ARCHITECTURES = ("dual-path", "dprnn", "stage-recurrent")
 
 
 @dataclass
@@ -54,6 +54,9 @@ class EnhancerConfig:
     si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
     change_weight: float = 0.0  # penalty on each stage's relative change of the previous estimate (convergence regularizer)
     target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
+    rnn_groups: int = 2  # dprnn only: channels split into this many independent GRUs
+    head_width: int = 8  # dprnn only: features per bin in the exit heads
+    init_from: str | None = None  # training starts from this saved model's weights (same architecture and sizes); kept as a record
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -200,4 +203,8 @@ def build_enhancer(cfg: EnhancerConfig) -> nn.Module:
         from .dual_path import DualPathEnhancer
 
         return DualPathEnhancer(cfg)
+    if cfg.architecture == "dprnn":
+        from .dprnn import DualPathRNNEnhancer
+
+        return DualPathRNNEnhancer(cfg)
     return ProgressiveEnhancer(cfg)

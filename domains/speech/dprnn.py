@@ -1,0 +1,173 @@
+"""A causal dual-path *recurrent* progressive enhancer (GTCRN / DPCRN-style stages).
+
+The encoder of :mod:`.dual_path` folds the 161 STFT bins into 21 sub-bands of ``hidden``
+channels (time-causal convolutions). Each stage is one dual-path recurrent block on that
+latent: a bidirectional GRU runs *across the sub-bands of each frame* (the whole spectrum
+of the frame informs every band: harmonics, where the noise sits), then a GRU runs *along
+time in every sub-band* (noise statistics and speech context from the whole past, carried
+as a hidden state, so it streams frame by frame). Both GRUs are grouped (the channels
+split into ``rnn_groups`` independent GRUs, as GTCRN's DPGRNN), each is followed by a
+channel mix, a layer norm and a residual connection. An exit head after every stage turns
+the latent into a bounded complex ratio mask for every bin (as in :mod:`.dual_path`).
+
+Why recurrent: the convolutional dual-path stages see a fixed window of the past and mix
+bands only with their neighbours; a GRU along time keeps a running noise estimate of any
+length, and a GRU across bands lets the whole frame decide each band's mask. Deeper
+stages stack more of both, so each stage refines the last.
+
+Streaming: the time GRUs' hidden states and the encoder's past frames are the stream's
+memory (:class:`StreamState`), so the offline computation is the streaming one over one
+long chunk. Padded frames of a batch come after each utterance's real frames, so the
+causal time path never carries them into real ones; the band path and the norms work
+within a frame.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .dual_path import Encoder, ExitHead, StreamState, noisy_features
+
+
+class GroupedGRU(nn.Module):
+    """``groups`` independent GRUs over equal slices of the channels (fewer weights and
+    multiply-accumulates than one GRU over all of them: GTCRN's grouped RNN)."""
+
+    def __init__(self, channels: int, groups: int, bidirectional: bool):
+        super().__init__()
+        if channels % (groups * (2 if bidirectional else 1)):
+            raise ValueError(f"{channels} channels do not split into {groups} groups"
+                             f"{' of two directions' if bidirectional else ''}")
+        self.groups, self.bidirectional = groups, bidirectional
+        width = channels // groups
+        self.rnns = nn.ModuleList(nn.GRU(width, width // (2 if bidirectional else 1), batch_first=True,
+                                         bidirectional=bidirectional) for _ in range(groups))
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x: (N, L, C); state: (groups, N, C / groups) (unidirectional only) -> (N, L, C), new state."""
+        outputs, states = [], []
+        for g, (rnn, part) in enumerate(zip(self.rnns, x.chunk(self.groups, -1))):
+            out, h = rnn(part, None if state is None else state[g:g + 1].contiguous())
+            outputs.append(out)
+            states.append(h)
+        return torch.cat(outputs, -1), torch.cat(states, 0)
+
+    def macs(self, length: int) -> float:
+        """Multiply-accumulates for a sequence of ``length`` steps."""
+        total = 0
+        for rnn in self.rnns:
+            i, h = rnn.input_size, rnn.hidden_size
+            total += 3 * (i * h + h * h) * (2 if self.bidirectional else 1)
+        return float(total * length)
+
+
+class DualPathRNNBlock(nn.Module):
+    """One stage: a grouped bidirectional GRU across the bands of each frame, then a grouped
+    GRU along time in each band; each followed by a channel mix, a norm and a residual."""
+
+    def __init__(self, hidden: int, groups: int):
+        super().__init__()
+        self.band_rnn = GroupedGRU(hidden, groups, bidirectional=True)
+        self.band_mix = nn.Linear(hidden, hidden)
+        self.band_norm = nn.LayerNorm(hidden)
+        self.time_rnn = GroupedGRU(hidden, groups, bidirectional=False)
+        self.time_mix = nn.Linear(hidden, hidden)
+        self.time_norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor, memory: dict[str, Tensor], key: str) -> Tensor:
+        """x: (B, T, bands, C); ``memory[key]`` holds (and gets) the time GRUs' state (B, bands, groups, C/groups)."""
+        b, t, f, c = x.shape
+        along_bands, _ = self.band_rnn(x.reshape(b * t, f, c))
+        x = x + self.band_norm(self.band_mix(along_bands)).reshape(b, t, f, c)
+        seq = x.permute(0, 2, 1, 3).reshape(b * f, t, c)
+        past = memory.get(key)
+        state = None if past is None else past.reshape(b * f, -1, past.shape[-1]).transpose(0, 1)
+        along_time, state = self.time_rnn(seq, state)
+        memory[key] = state.transpose(0, 1).reshape(b, f, *state.shape[::2])
+        return x + self.time_norm(self.time_mix(along_time)).reshape(b, f, t, c).permute(0, 2, 1, 3)
+
+    def macs(self, bands: int) -> float:
+        """Multiply-accumulates per frame."""
+        c = self.band_mix.in_features
+        return self.band_rnn.macs(bands) + self.time_rnn.macs(1) * bands + 2 * bands * (c * c + c)
+
+
+class DualPathRNNEnhancer(nn.Module):
+    """The StagedModel over :class:`DualPathRNNBlock` stages (see the module docstring).
+
+    Offline state (a batch of whole utterances): ``noisy`` (B, 2, F, T), ``features``
+    (B, T, F, 3), ``latent`` (B, T, bands, C), ``estimate`` (B, 2, F, T), ``mask`` (B, 1, T).
+    The streaming calls (:meth:`encode`, :meth:`stage`) take and update a
+    :class:`StreamState`; the offline ones run them from an empty state.
+    """
+
+    state_names = ("noisy", "features", "latent", "estimate", "mask")
+    stage_updates = ("latent", "estimate")
+
+    def __init__(self, cfg):
+        super().__init__()
+        from .audio import SAMPLE_RATE
+        from .stft import STFT
+
+        self.config, self.sample_rate = cfg, SAMPLE_RATE
+        self.stft = STFT(compress=cfg.compress)
+        self.num_stages = cfg.num_stages
+        bins = self.stft.freq_bins
+        self.encoder = Encoder(cfg.hidden, cfg.downsample, bins)
+        self.bands = self.encoder.bands[-1]
+        self.blocks = nn.ModuleList(DualPathRNNBlock(cfg.hidden, cfg.rnn_groups) for _ in range(cfg.num_stages))
+        self.heads = nn.ModuleList(ExitHead(cfg.hidden, bins, self.bands, cfg.head_width) for _ in range(cfg.num_stages))
+
+    # -- streaming-capable pieces
+    def encode(self, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
+        """(B, 2, F, T) noisy spectrum -> (features (B, T, F, 3), latent (B, T, bands, C))."""
+        features = noisy_features(noisy)
+        return features.permute(0, 3, 2, 1), self.encoder(features, memory)
+
+    def stage(self, k: int, latent: Tensor, features: Tensor, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
+        """Stage k on a latent: (new latent, the stage's estimate (B, 2, F, T))."""
+        from .model import complex_mask
+
+        latent = self.blocks[k](latent, memory.past, f"stage{k}.rnn")
+        return latent, complex_mask(self.heads[k](latent, features), noisy)
+
+    def skip_stage(self, k: int, latent: Tensor, memory: StreamState) -> None:
+        """A streamed chunk that stops before stage k leaves its time GRU's state as it was:
+        the GRU resumes from the last frames it saw (a gap in its past, not a wrong past)."""
+
+    # -- StagedModel
+    def begin(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        noisy, frames = batch["noisy_spec"], batch["frames"]
+        mask = (torch.arange(noisy.shape[-1], device=noisy.device)[None, :] < frames[:, None].to(noisy.device))
+        features, latent = self.encode(noisy, StreamState())
+        return {"noisy": noisy, "features": features, "latent": latent, "estimate": noisy,
+                "mask": mask[:, None, :].to(noisy.dtype)}
+
+    def run_stage(self, k: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        latent, estimate = self.stage(k, state["latent"], state["features"], state["noisy"], StreamState())
+        return {**state, "latent": latent, "estimate": estimate * state["mask"].unsqueeze(1)}
+
+    def exit_output(self, k: int, state: dict[str, Tensor]) -> Tensor:
+        return state["estimate"]  # zero on padded frames
+
+    def select(self, state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+        from adaptive_exit.staged import select_rows
+
+        return select_rows(state, keep)
+
+    def stage_cost(self, k: int) -> float:
+        """Multiply-accumulates per frame, relative to one stage: the encoder counts in stage 0."""
+        return 1.0 + (self.encoder_macs() / self.stage_macs() if k == 0 else 0.0)
+
+    def stage_macs(self) -> float:
+        """Multiply-accumulates per frame of one stage (block and exit head)."""
+        head, bins = self.heads[0], self.stft.freq_bins
+        per_bin = (head.width + 3) * head.width + head.width * 2
+        head_macs = self.bands * self.config.hidden * head.per_band * head.width + bins * per_bin
+        return float(self.blocks[0].macs(self.bands) + head_macs)
+
+    def encoder_macs(self) -> float:
+        return self.encoder.macs()
+
+    def backbone_parameters(self):
+        return self.parameters()
