@@ -118,7 +118,7 @@ def json_depth(text: str | bytes) -> int:
 def parse_json(text: str | bytes, source: str, max_depth: int | None = None) -> Any:
     """Parse JSON from a file or request: duplicate keys and nesting deeper than
     ``max_depth`` (the ``json_depth`` limit) are errors naming ``source``, never a crash."""
-    from .limits import limit
+    from adaptive_exit.limits import limit
 
     depth_cap = int(limit("json_depth") if max_depth is None else max_depth)
     if json_depth(text) > depth_cap:
@@ -133,7 +133,7 @@ def parse_json(text: str | bytes, source: str, max_depth: int | None = None) -> 
 
 def read_json(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
     """A JSON file read within the ``json_file_bytes`` limit; errors name the file."""
-    from .limits import limit
+    from adaptive_exit.limits import limit
 
     path = Path(path)
     cap = limit("json_file_bytes") if max_bytes is None else max_bytes

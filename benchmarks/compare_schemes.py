@@ -22,9 +22,9 @@ import json
 import sys
 from pathlib import Path
 
-from adaptive_exit.config import load_recipe
+from adaptive_exit.app.config import load_recipe
 from adaptive_exit.evaluation import evaluate_policy, threshold_quantiles
-from adaptive_exit.pipeline import Pipeline
+from adaptive_exit.app.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit.config import load_recipe
-from adaptive_exit.pipeline import Pipeline
+from adaptive_exit.app.config import load_recipe
+from adaptive_exit.app.pipeline import Pipeline
 from adaptive_exit.text.token_eval import (best_within, sentee_f1_at, sentence_level_rows, token_level_row,
                                            wall_clock)
 

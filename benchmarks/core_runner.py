@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit import timing
+from adaptive_exit.runtime import timing
 from adaptive_exit.policies import ExitPolicy, Patience
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.toy import ToyModelConfig, ToyStagedModel
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.app.toy import ToyModelConfig, ToyStagedModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402
 

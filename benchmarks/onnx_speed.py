@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit.config import load_recipe
-from adaptive_exit.domain import get_domain
-from adaptive_exit.export_command import run_export
-from adaptive_exit.onnx_export import OnnxStagedModel
-from adaptive_exit.pipeline import Pipeline
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.timing import median_time
+from adaptive_exit.app.config import load_recipe
+from adaptive_exit.app.domain import get_domain
+from adaptive_exit.app.export_command import run_export
+from adaptive_exit.deploy.onnx import OnnxStagedModel
+from adaptive_exit.app.pipeline import Pipeline
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import add_save_flag, print_table, results_path  # noqa: E402

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import httpx
 
-from adaptive_exit.budget import BudgetTable
-from adaptive_exit.config import load_recipe
-from adaptive_exit.pipeline import Pipeline
-from adaptive_exit.serving import percentile
+from adaptive_exit.budgets import BudgetTable
+from adaptive_exit.app.config import load_recipe
+from adaptive_exit.app.pipeline import Pipeline
+from adaptive_exit.deploy.serving import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import add_save_flag, print_table, results_path  # noqa: E402

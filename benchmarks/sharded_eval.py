@@ -31,9 +31,9 @@ from _output import results_path, add_save_flag  # noqa: E402
 
 
 def worker(recipe_path: str, overrides: list[str], out: str) -> None:
-    from adaptive_exit.config import load_recipe
-    from adaptive_exit.distributed import current_shard
-    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.app.config import load_recipe
+    from adaptive_exit.runtime.distributed import current_shard
+    from adaptive_exit.app.pipeline import Pipeline
 
     recipe, _ = load_recipe(recipe_path, overrides)
     pipeline = Pipeline(recipe)
@@ -73,8 +73,8 @@ def main() -> None:
         worker(args.recipe, args.overrides, args.out)
         return
 
-    from adaptive_exit.config import load_recipe
-    from adaptive_exit.traces import Trace
+    from adaptive_exit.app.config import load_recipe
+    from adaptive_exit.runtime.traces import Trace
 
     recipe, _ = load_recipe(args.recipe, args.overrides)
     rows, traces = [], {}

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.speech.audio import list_audio, load_audio, resample
 from adaptive_exit.speech.data import PairedFolder, mix_at_snr
 from adaptive_exit.speech.domain import DOMAIN

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit.budget import BudgetTable
-from adaptive_exit.config import load_recipe
-from adaptive_exit.pipeline import Pipeline
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.budgets import BudgetTable
+from adaptive_exit.app.config import load_recipe
+from adaptive_exit.app.pipeline import Pipeline
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.speech.enhance import enhance_waveform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -73,7 +73,7 @@ def long_file(model_dir: str, audio: list[np.ndarray], minutes: float, threads: 
                     written += len(piece)
                     if written >= target:
                         break
-        command = [sys.executable, "-m", "adaptive_exit.cli", "enhance", "--model", model_dir, "--input", str(path),
+        command = [sys.executable, "-m", "adaptive_exit", "enhance", "--model", model_dir, "--input", str(path),
                    "--output", str(Path(scratch) / "out"), "--threads", str(threads)]
         start = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)

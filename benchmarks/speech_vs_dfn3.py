@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaptive_exit.budget import BudgetTable
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.budgets import BudgetTable
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.speech.data import PairedFolder
 from adaptive_exit.speech.domain import DOMAIN
 from adaptive_exit.speech.enhance import enhance_waveform, fit_length

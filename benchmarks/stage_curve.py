@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive_exit.config import load_recipe
+from adaptive_exit.app.config import load_recipe
 from adaptive_exit.evaluation import per_sample_quality
-from adaptive_exit.pipeline import Pipeline
+from adaptive_exit.app.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit.config import load_recipe
-from adaptive_exit.pipeline import Pipeline
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.timing import median_time
+from adaptive_exit.app.config import load_recipe
+from adaptive_exit.app.pipeline import Pipeline
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402
@@ -41,7 +41,7 @@ def decision_overhead(model, batches: list, policy: str, repeats: int) -> dict:
     the policy's decisions after every layer, plus one row selection (compaction) per
     layer boundary, against the full model's time for the same batch."""
     from adaptive_exit.policies import build_policy
-    from adaptive_exit.staged import all_exit_outputs, stage_costs
+    from adaptive_exit.runtime.staged import all_exit_outputs, stage_costs
 
     batch = batches[0]
     outputs = all_exit_outputs(model, batch)

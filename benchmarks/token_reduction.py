@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit.config import load_recipe
-from adaptive_exit.costs import flop_counter
-from adaptive_exit.pipeline import Pipeline
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.timing import median_time
+from adaptive_exit.app.config import load_recipe
+from adaptive_exit.budgets.costs import flop_counter
+from adaptive_exit.app.pipeline import Pipeline
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.timing import median_time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402

@@ -12,7 +12,7 @@ COMMAND_HELP = {"enhance": "enhance noisy speech files with a saved progressive 
 
 
 def register(subparsers, common=None) -> None:
-    from adaptive_exit.cli import add_command
+    from adaptive_exit.app.cli import add_command
 
     parser = add_command(
         subparsers, "enhance", COMMAND_HELP["enhance"],
@@ -67,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
     each rank writes its own WAVs, and the main process prints all records in order."""
     from tqdm.auto import tqdm
 
-    from adaptive_exit.budget import policy_for_request
-    from adaptive_exit.distributed import current_shard, map_ordered
-    from adaptive_exit.runner import EarlyExitRunner
-    from adaptive_exit.runtime import progress_enabled
+    from adaptive_exit.budgets import policy_for_request
+    from adaptive_exit.runtime.distributed import current_shard, map_ordered
+    from adaptive_exit.runtime.runner import EarlyExitRunner
+    from adaptive_exit.runtime.threads import progress_enabled
 
-    from adaptive_exit.domain import load_any_model
+    from adaptive_exit.app.domain import load_any_model
 
     from .audio import audio_seconds, is_float_file, list_audio, read_audio, save_audio
     from .enhance import enhance_recording

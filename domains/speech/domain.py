@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from adaptive_exit.domain import Domain
+from adaptive_exit.app.domain import Domain
 from adaptive_exit.fields import bounded
-from adaptive_exit.metrics import Metric, register_metric
+from adaptive_exit.evaluation.metrics import Metric, register_metric
 from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .audio import SAMPLE_RATE, list_audio

@@ -151,7 +151,7 @@ class DualPathRNNEnhancer(nn.Module):
         return state["estimate"]  # zero on padded frames
 
     def select(self, state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
-        from adaptive_exit.staged import select_rows
+        from adaptive_exit.runtime.staged import select_rows
 
         return select_rows(state, keep)
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.staged import ExitResult
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.staged import ExitResult
 
 
 def padded_length(model, samples: int) -> int:

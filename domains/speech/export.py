@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from adaptive_exit.onnx_export import GraphSpec, Manifest, all_axes_dynamic, export_graph
+from adaptive_exit.deploy.onnx import GraphSpec, Manifest, all_axes_dynamic, export_graph
 
 from .data import synthetic_speech
 

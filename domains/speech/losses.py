@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from adaptive_exit.losses import MultiExitObjective
+from adaptive_exit.training.losses import MultiExitObjective
 from adaptive_exit.policies import relative_distance
 
 from .metrics import si_sdr

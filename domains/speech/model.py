@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adaptive_exit.staged import select_rows
+from adaptive_exit.runtime.staged import select_rows
 
 from .audio import SAMPLE_RATE
 from .stft import STFT

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from adaptive_exit.serving import RequestError, ServeAdapter
+from adaptive_exit.deploy.serving import RequestError, ServeAdapter
 
 from .audio import check_audio, resample
 from .enhance import back_to_rate, padded_length, spectra, waveform

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from adaptive_exit.policies import ExitPolicy, build_policy
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.runtime.runner import EarlyExitRunner
 
 from .dual_path import StreamState
 from .enhance import add_high_band, fit_length, top_band, top_band_gain

@@ -18,7 +18,7 @@ COMMAND_HELP = {
 
 
 def register(subparsers, common=None) -> None:
-    from adaptive_exit.cli import add_command
+    from adaptive_exit.app.cli import add_command
 
     parser = add_command(
         subparsers, "predict", COMMAND_HELP["predict"],
@@ -77,7 +77,7 @@ def parse_line(text: str, number: int, tagger: bool) -> dict:
 def _jobs(source, batch_size: int, tagger: bool = False) -> Iterator[Job]:
     """Input lines grouped into batches in input order; unreadable lines become error
     records. A batch is also cut when no further input is waiting (typed input)."""
-    from adaptive_exit.inputs import decode_line
+    from adaptive_exit.app.inputs import decode_line
 
     pending: list[tuple[int, dict]] = []
     for number, raw in source:
@@ -105,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
     across processes and the main process prints every line in input order."""
     import torch
 
-    from adaptive_exit.budget import policy_for_request
-    from adaptive_exit.distributed import map_ordered
-    from adaptive_exit.domain import load_any_model
-    from adaptive_exit.inputs import LineSource
-    from adaptive_exit.runner import EarlyExitRunner
+    from adaptive_exit.budgets import policy_for_request
+    from adaptive_exit.runtime.distributed import map_ordered
+    from adaptive_exit.app.domain import load_any_model
+    from adaptive_exit.app.inputs import LineSource
+    from adaptive_exit.runtime.runner import EarlyExitRunner
 
     from .data import TextCollator
 
@@ -192,7 +192,7 @@ def tag(model, runner, token_exit: tuple[float, int] | None, job: list) -> list[
 
 
 def register_self_sample(subparsers, common=None) -> None:
-    from adaptive_exit.cli import add_command
+    from adaptive_exit.app.cli import add_command
 
     parser = add_command(
         subparsers, "self-sample", COMMAND_HELP["self-sample"],
@@ -221,8 +221,8 @@ def run_self_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from adaptive_exit import io
-    from adaptive_exit.config import from_dict, load_recipe, save_resolved
-    from adaptive_exit.domain import get_domain
+    from adaptive_exit.app.config import from_dict, load_recipe, save_resolved
+    from adaptive_exit.app.domain import get_domain
 
     from .self_sampling import SelfSamplingConfig, self_sampling_finetune
 
@@ -251,7 +251,7 @@ def run_self_sample(args: argparse.Namespace) -> int:
 
 
 def register_convert(subparsers, common=None) -> None:
-    from adaptive_exit.cli import add_command
+    from adaptive_exit.app.cli import add_command
 
     parser = add_command(
         subparsers, "convert", COMMAND_HELP["convert"],
@@ -318,10 +318,10 @@ def convert_recipe(args: argparse.Namespace) -> dict:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from adaptive_exit.config import recipe_from_dict
-    from adaptive_exit.pipeline import Pipeline
-    from adaptive_exit.runtime import configure_threads
-    from adaptive_exit.summary import run_summary
+    from adaptive_exit.app.config import recipe_from_dict
+    from adaptive_exit.app.pipeline import Pipeline
+    from adaptive_exit.runtime.threads import configure_threads
+    from adaptive_exit.app.summary import run_summary
 
     recipe, _ = recipe_from_dict(convert_recipe(args), args.overrides, source="adaptive-exit convert")
     if getattr(args, "threads", None) is None:

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from adaptive_exit import io
-from adaptive_exit.domain import Domain, objective_for
+from adaptive_exit.app.domain import Domain, objective_for
 from adaptive_exit.fields import bounded
-from adaptive_exit.losses import MultiExitObjective
+from adaptive_exit.training.losses import MultiExitObjective
 from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .conll import IGNORE, TokenCollator, read_conll
@@ -321,7 +321,7 @@ def conll_file(folder: Path, split: str) -> Path:
 
 def follow_progress_setting() -> None:
     """transformers' own progress bars (weight loading) follow -q like ours."""
-    from adaptive_exit.runtime import progress_enabled
+    from adaptive_exit.runtime.threads import progress_enabled
 
     if not progress_enabled():
         from transformers.utils import logging as hf_logging

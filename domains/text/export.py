@@ -1,6 +1,6 @@
 """ONNX export of early-exit text models: the begin graph is the model's own forward
 recording each layer's arguments (as the encoder runner does), one graph per layer called
-with exactly those arguments, one graph per exit head. See :mod:`adaptive_exit.onnx_export`."""
+with exactly those arguments, one graph per exit head. See :mod:`adaptive_exit.deploy.onnx`."""
 from __future__ import annotations
 
 import shutil
@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from adaptive_exit.onnx_export import GraphSpec, Manifest, all_axes_dynamic, export_graph
+from adaptive_exit.deploy.onnx import GraphSpec, Manifest, all_axes_dynamic, export_graph
 
 from .encoder import Captured, LayerCall, _leaves
 

@@ -24,13 +24,13 @@ from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from adaptive_exit.losses import exit_weights, weighted_exit_loss
+from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.staged import all_exit_outputs
-from adaptive_exit.traces import Trace, replay
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.staged import all_exit_outputs
+from adaptive_exit.runtime.traces import Trace, replay
 
-from adaptive_exit.staged import select_rows
+from adaptive_exit.runtime.staged import select_rows
 
 from .hub import build_from_config_dict, load_backbone, load_sequence_classifier
 from .encoder import ENCODER_INPUTS, Captured, LayerwiseEncoder
@@ -596,7 +596,7 @@ class FlopModel:
     @classmethod
     @torch.no_grad()
     def measure(cls, model: EncoderStages) -> "FlopModel":
-        from adaptive_exit.costs import flop_counter, parameters_frozen
+        from adaptive_exit.budgets.costs import flop_counter, parameters_frozen
 
         with parameters_frozen(model):
             return cls._measure(model, flop_counter)

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from adaptive_exit.losses import exit_weights, weighted_exit_loss
+from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
 
 from .tokee import check_layer, halted_layer, halting, normalized_entropy
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from adaptive_exit.serving import RequestError, ServeAdapter
+from adaptive_exit.deploy.serving import RequestError, ServeAdapter
 
 from .data import TextCollator
 

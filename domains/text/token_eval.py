@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from adaptive_exit.evaluation import oracle_exit_stage
-from adaptive_exit.runner import EarlyExitRunner, pad_cat
-from adaptive_exit.timing import median_time
-from adaptive_exit.traces import Trace, replay
+from adaptive_exit.runtime.runner import EarlyExitRunner, pad_cat
+from adaptive_exit.runtime.timing import median_time
+from adaptive_exit.runtime.traces import Trace, replay
 
 from .conll import IGNORE
 from .tokee import layer_flops, token_exit

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from adaptive_exit.metrics import Metric, register_metric
+from adaptive_exit.evaluation.metrics import Metric, register_metric
 
 from .conll import CONLL2003_TAGS, IGNORE, entity_f1, entity_spans
 

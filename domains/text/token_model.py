@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from adaptive_exit.losses import exit_weights, weighted_exit_loss
+from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.staged import all_exit_outputs, select_rows
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.staged import all_exit_outputs, select_rows
 
 from .hub import load_backbone
 from .conll import IGNORE

@@ -38,8 +38,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from adaptive_exit.fields import bounded, check_ranges
-from adaptive_exit.losses import exit_weights, weighted_exit_loss
-from adaptive_exit.runtime import progress_enabled
+from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
+from adaptive_exit.runtime.threads import progress_enabled
 
 from .token_reduction import gather_rows
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from adaptive_exit.toy import DOMAIN, ToyDataConfig, ToyModelConfig, ToyStagedModel, collate_toy, make_toy_samples
+from adaptive_exit.app.toy import DOMAIN, ToyDataConfig, ToyModelConfig, ToyStagedModel, collate_toy, make_toy_samples
 from adaptive_exit.training import TrainConfig, Trainer
 
 

@@ -2,8 +2,8 @@
 import torch
 from torch import Tensor
 
-from adaptive_exit.staged import select_rows
-from adaptive_exit.toy import ToyModelConfig, ToyStagedModel, collate_toy
+from adaptive_exit.runtime.staged import select_rows
+from adaptive_exit.app.toy import ToyModelConfig, ToyStagedModel, collate_toy
 
 
 def toy_model(seed: int = 0, num_stages: int = 5, hidden: int = 16, num_classes: int = 3, input_dim: int = 6) -> ToyStagedModel:

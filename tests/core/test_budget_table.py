@@ -6,11 +6,11 @@ import pytest
 import torch
 import yaml
 
-from adaptive_exit.budget import BudgetTable, policy_for_request
+from adaptive_exit.budgets import BudgetTable, policy_for_request
 from adaptive_exit.policies import build_policy
-from adaptive_exit.cli import main
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.toy import ToyModelConfig, ToyStagedModel, collate_toy
+from adaptive_exit.app.cli import main
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.app.toy import ToyModelConfig, ToyStagedModel, collate_toy
 
 DEMO = Path(__file__).resolve().parents[2] / "recipes" / "core" / "toy" / "demo.yaml"
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from adaptive_exit.cli import CORE_COMMANDS, _command_entry_points, main
+from adaptive_exit.app.cli import CORE_COMMANDS, _command_entry_points, main
 from tests.conftest import REPO
 
 COMMANDS = sorted(set(CORE_COMMANDS) | set(_command_entry_points()))
@@ -31,7 +31,7 @@ def test_help_of_every_command_has_a_description_and_an_example(command, capsys)
 
 
 def test_top_level_help_is_light_and_lists_domain_commands():
-    code = ("import sys; from adaptive_exit.cli import main\n"
+    code = ("import sys; from adaptive_exit.app.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "loaded = sorted(m for m in sys.modules if m.startswith(('adaptive_exit.text', 'adaptive_exit.speech', 'torch', 'transformers')))\n"
             "print('LOADED', loaded)")

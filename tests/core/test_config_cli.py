@@ -4,8 +4,8 @@ import pytest
 import torch
 import yaml
 
-from adaptive_exit.cli import main
-from adaptive_exit.config import ConfigError, apply_overrides, load_recipe
+from adaptive_exit.app.cli import main
+from adaptive_exit.app.config import ConfigError, apply_overrides, load_recipe
 from tests.conftest import REPO
 
 DEMO = REPO / "recipes" / "core" / "toy" / "demo.yaml"
@@ -80,9 +80,9 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 def test_training_validation_keeps_the_best_model(tmp_path):
-    from adaptive_exit.config import load_recipe
+    from adaptive_exit.app.config import load_recipe
     from adaptive_exit.evaluation import score
-    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.app.pipeline import Pipeline
 
     run_dir = tmp_path / "run"
     overrides = [f"run_dir={run_dir}", "train.max_steps=40", "train.progress=false", "train.log_every=10",
@@ -107,10 +107,10 @@ def test_training_validation_keeps_the_best_model(tmp_path):
 def test_dict_policy_in_a_recipe_survives_run_save_load(tmp_path, capsys):
     """eval.policy as a YAML mapping: parsed once, saved as its canonical spec, loaded back
     equal, timed and replayed under the same decisions (it used to die after training)."""
-    from adaptive_exit.config import load_recipe
-    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.app.config import load_recipe
+    from adaptive_exit.app.pipeline import Pipeline
     from adaptive_exit.policies import build_policy
-    from adaptive_exit.runner import EarlyExitRunner
+    from adaptive_exit.runtime.runner import EarlyExitRunner
 
     run_dir = tmp_path / "run"
     policy = "{type: any, policies: [{type: confidence, measure: entropy, threshold: 0.5}, patience:2]}"

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from adaptive_exit.budget import BudgetSpec, calibrate
-from adaptive_exit.cli import main
-from adaptive_exit.costs import CostModel, count_stage_flops, sample_costs, time_stages
-from adaptive_exit.staged import ExitResult
-from adaptive_exit.toy import ToyModelConfig, ToyStagedModel, collate_toy
+from adaptive_exit.budgets import BudgetSpec, calibrate
+from adaptive_exit.app.cli import main
+from adaptive_exit.budgets.costs import CostModel, count_stage_flops, sample_costs, time_stages
+from adaptive_exit.runtime.staged import ExitResult
+from adaptive_exit.app.toy import ToyModelConfig, ToyStagedModel, collate_toy
 
 from pathlib import Path
 
@@ -101,8 +101,8 @@ def test_cli_calibrates_a_saved_model_to_flops_and_latency_budgets(tmp_path, cap
     run_dir = tmp_path / "run"
     assert main(["run", str(DEMO), f"run_dir={run_dir}", "train.max_steps=40", "train.progress=false",
                  "data.train_size=256", "data.dev_size=200", "eval.timing_repeats=1", "calibrate.budget=null"]) == 0
-    from adaptive_exit.config import load_recipe
-    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.app.config import load_recipe
+    from adaptive_exit.app.pipeline import Pipeline
 
     pipeline = Pipeline(load_recipe(run_dir / "config.yaml")[0])
     full = float(pipeline.cost_table("dev", "flops")[:, -1].mean())

@@ -7,11 +7,11 @@ import types
 import pytest
 import torch
 
-from adaptive_exit import budget as budget_module
+from adaptive_exit import budgets as budget_module
 from adaptive_exit import policies as policy_module
-from adaptive_exit.budget import BudgetSpec, BudgetTable, calibrate
+from adaptive_exit.budgets import BudgetSpec, BudgetTable, calibrate
 from adaptive_exit.policies import build_policy
-from adaptive_exit.traces import Trace, replay
+from adaptive_exit.runtime.traces import Trace, replay
 from tests.conftest import REPO
 
 
@@ -55,8 +55,8 @@ def test_readme_policy_and_budget_kind_work_everywhere(plugin_module):
 
 
 def test_recipe_plugins_are_imported_before_parsing(plugin_module, tmp_path):
-    from adaptive_exit.config import ConfigError, load_recipe
-    from adaptive_exit.pipeline import Pipeline
+    from adaptive_exit.app.config import ConfigError, load_recipe
+    from adaptive_exit.app.pipeline import Pipeline
 
     demo = REPO / "recipes" / "core" / "toy" / "demo.yaml"
     recipe, _ = load_recipe(demo, ["plugins=[readme_plugins]", "eval.policy=margin:0.3", f"run_dir={tmp_path}"])

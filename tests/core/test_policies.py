@@ -5,7 +5,7 @@ import torch
 
 from adaptive_exit.policies import (AllOf, AnyOf, Budget, Confidence, Never, Oracle, Patience,
                                     build_policy, relative_distance)
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.runtime.runner import EarlyExitRunner
 
 from .helpers import ScriptedModel
 

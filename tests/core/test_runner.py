@@ -5,8 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaptive_exit.policies import Oracle, build_policy
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.traces import record_trace, replay
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.traces import record_trace, replay
 
 from .helpers import ScriptedModel, collate_toy, random_samples, toy_model
 

@@ -1,7 +1,7 @@
 """Every recipe we ship parses against its domain's config: a renamed or misspelt key fails here, not an hour into a run."""
 import pytest
 
-from adaptive_exit.config import load_recipe
+from adaptive_exit.app.config import load_recipe
 from tests.conftest import REPO
 
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if p.parent.name != "cross_domain")

@@ -1,4 +1,4 @@
-from adaptive_exit.timing import median_time
+from adaptive_exit.runtime.timing import median_time
 
 
 def test_median_time_warms_up_once_then_times_every_repeat():

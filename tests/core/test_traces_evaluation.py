@@ -5,12 +5,12 @@ import pytest
 import torch
 from scipy import stats
 
-from adaptive_exit.budget import BudgetSpec, calibrate, split_trace
-from adaptive_exit.metrics import get_metric
+from adaptive_exit.budgets import BudgetSpec, calibrate, split_trace
+from adaptive_exit.evaluation.metrics import get_metric
 from adaptive_exit.evaluation import (build_report, mark_pareto, oracle_exit_stage,
                                       static_rows, sweep, write_report)
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.traces import Trace, record_trace, replay
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.traces import Trace, record_trace, replay
 
 from .helpers import collate_toy, random_samples, toy_model
 
@@ -141,7 +141,7 @@ def test_infeasible_budget_is_explained():
 
 
 def test_pad_cat_fills_with_a_vector_over_the_last_dim():
-    from adaptive_exit.runner import pad_cat
+    from adaptive_exit.runtime.runner import pad_cat
 
     a, b = torch.ones(2, 3, 4), torch.full((1, 5, 4), 2.0)
     fill = torch.tensor([9.0, 0.0, 0.0, 0.0])
@@ -154,7 +154,7 @@ def test_pad_cat_fills_with_a_vector_over_the_last_dim():
 
 def test_registered_metric_scores_rows_and_drives_the_oracle():
     from adaptive_exit.evaluation import score
-    from adaptive_exit.metrics import Metric, register_metric, unregister_metric
+    from adaptive_exit.evaluation.metrics import Metric, register_metric, unregister_metric
 
     # stage 0 right for sample 0, stage 1 right for sample 1; the metric counts exact matches
     trace = labelled_trace([[1, 0], [0, 1]], [1, 1])
@@ -199,7 +199,7 @@ def test_quantile_grids_fit_the_model_own_confidence():
 
 def test_classification_metrics_f1_and_mcc_drive_the_oracle():
     from adaptive_exit.evaluation import oracle_exit_stage, score
-    from adaptive_exit.metrics import get_metric
+    from adaptive_exit.evaluation.metrics import get_metric
 
     trace = labelled_trace([[0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 0]], targets=[1, 0, 1, 1])
     last = torch.full((4,), 2)

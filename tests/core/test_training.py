@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from adaptive_exit.losses import MultiExitObjective, distillation_loss, exit_weights, weighted_exit_loss
-from adaptive_exit.staged import all_exit_outputs
-from adaptive_exit.toy import DOMAIN, ToyDataConfig, ToyModelConfig, ToyStagedModel, collate_toy, make_toy_samples
+from adaptive_exit.training.losses import MultiExitObjective, distillation_loss, exit_weights, weighted_exit_loss
+from adaptive_exit.runtime.staged import all_exit_outputs
+from adaptive_exit.app.toy import DOMAIN, ToyDataConfig, ToyModelConfig, ToyStagedModel, collate_toy, make_toy_samples
 from adaptive_exit.training import TrainConfig, Trainer
 
 

@@ -5,10 +5,10 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from adaptive_exit.cli import main
-from adaptive_exit.domain import load_any_model
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.traces import record_trace, replay
+from adaptive_exit.app.cli import main
+from adaptive_exit.app.domain import load_any_model
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.traces import record_trace, replay
 from tests.text.helpers import random_batch, tiny_model, tiny_tokenizer
 
 POLICIES = ["patience:1", "entropy:0.68", "patience:2 | budget:3"]

@@ -16,8 +16,8 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from adaptive_exit.policies import build_policy
-from adaptive_exit.runner import EarlyExitRunner
-from adaptive_exit.serving import BatchingServer, LatencyController, Level, budget_levels, create_app
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.deploy.serving import BatchingServer, LatencyController, Level, budget_levels, create_app
 from tests.text.helpers import WORDS, tiny_model, tiny_tokenizer
 
 
@@ -177,7 +177,7 @@ def test_controller_reacts_to_a_queue_before_latencies_arrive_and_holds_before_g
 
 
 def test_budget_levels_come_from_the_calibrated_table():
-    from adaptive_exit.budget import BudgetTable
+    from adaptive_exit.budgets import BudgetTable
 
     table = BudgetTable({"mean:0.3": "entropy:0.6", "mean:0.7": "entropy:0.1", "p95:20ms": "patience:1"})
     names = [lv.name for lv in budget_levels(table, build_policy("patience:2"))]

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from adaptive_exit.cli import main
+from adaptive_exit.app.cli import main
 from tests.conftest import REPO
 
 DEMO = REPO / "recipes" / "core" / "toy" / "demo.yaml"
@@ -60,5 +60,5 @@ def write_wav(path: Path, audio: np.ndarray, sr: int = 16000, subtype: str = "PC
 
 def cli(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """The installed command in a fresh process (what a user runs)."""
-    return subprocess.run([sys.executable, "-m", "adaptive_exit.cli", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "adaptive_exit", *args], input=stdin, capture_output=True,
                           timeout=timeout, cwd=REPO)

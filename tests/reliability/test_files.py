@@ -7,7 +7,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from adaptive_exit.cli import main
+from adaptive_exit.app.cli import main
 
 from .conftest import DEMO, QUICK, speech_like, write_wav
 
@@ -34,7 +34,7 @@ def test_a_crafted_pickle_checkpoint_never_executes(tmp_path, capsys):
 
 
 def test_trace_and_model_folders_load_without_unpickling_objects(tmp_path, toy_run, capsys):
-    from adaptive_exit.traces import Trace
+    from adaptive_exit.runtime.traces import Trace
 
     marker = tmp_path / "pwned"
     torch.save({"format": 1, "outputs": _Exploit(marker)}, tmp_path / "dev.pt")
@@ -99,7 +99,7 @@ def test_an_empty_input_folder_is_an_error_not_a_silent_success(tmp_path, speech
 
 
 def test_float_input_above_full_scale_is_not_clipped(tmp_path, speech_model, capsys):
-    from adaptive_exit.runner import EarlyExitRunner
+    from adaptive_exit.runtime.runner import EarlyExitRunner
     from adaptive_exit.speech.audio import save_audio
     from adaptive_exit.speech.domain import load_speech_model
     from adaptive_exit.speech.enhance import enhance_waveform

@@ -3,8 +3,8 @@ or a clean ValueError, never another exception."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adaptive_exit.budget import BudgetSpec
-from adaptive_exit.config import ConfigError, load_recipe
+from adaptive_exit.budgets import BudgetSpec
+from adaptive_exit.app.config import ConfigError, load_recipe
 from adaptive_exit.policies import ExitPolicy, build_policy
 
 from .conftest import DEMO

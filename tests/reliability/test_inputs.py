@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from adaptive_exit.cli import main
+from adaptive_exit.app.cli import main
 from tests.conftest import REPO
 
 from .conftest import cli
@@ -46,7 +46,7 @@ def test_a_third_tab_column_is_an_error_record_not_glued_into_the_pair(tmp_path,
 
 
 def test_typed_input_is_answered_line_by_line(text_model):
-    process = subprocess.Popen([sys.executable, "-m", "adaptive_exit.cli", "predict", "--model", str(text_model)],
+    process = subprocess.Popen([sys.executable, "-m", "adaptive_exit", "predict", "--model", str(text_model)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
     try:
         process.stdin.write(b"the movie is good\n")

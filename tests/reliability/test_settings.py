@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from adaptive_exit.budget import BudgetSpec, BudgetTable
-from adaptive_exit.cli import main
+from adaptive_exit.budgets import BudgetSpec, BudgetTable
+from adaptive_exit.app.cli import main
 
 from .conftest import DEMO, QUICK, cli
 
@@ -110,7 +110,7 @@ def test_concurrent_calibrations_keep_every_budget_table_entry(toy_run):
 
 
 def test_threads_setting_reaches_every_command(tmp_path, toy_run):
-    from adaptive_exit.runtime import configure_threads, parse_threads
+    from adaptive_exit.runtime.threads import configure_threads, parse_threads
 
     assert main(["evaluate", str(DEMO), f"run_dir={toy_run}", *QUICK, "--threads", "1", "-q"]) == 0
     assert json.loads((toy_run / "results.json").read_text())["timing"]["threads"] == 1
@@ -123,8 +123,8 @@ def test_threads_setting_reaches_every_command(tmp_path, toy_run):
 
 
 def test_latency_profiles_record_their_load_and_can_be_remeasured(tmp_path, toy_run):
-    from adaptive_exit.costs import CostModel
-    from adaptive_exit.toy import ToyModelConfig, ToyStagedModel, collate_toy
+    from adaptive_exit.budgets.costs import CostModel
+    from adaptive_exit.app.toy import ToyModelConfig, ToyStagedModel, collate_toy
 
     model = ToyStagedModel(ToyModelConfig(num_stages=2, hidden=8)).eval()
     make = lambda n: collate_toy([{"x": torch.randn(n, 16), "label": 0}])  # noqa: E731

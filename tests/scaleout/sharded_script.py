@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from adaptive_exit.cli import main
+from adaptive_exit.app.cli import main
 
 root, tag = Path(sys.argv[1]), sys.argv[2]
 rank = int(os.environ.get("RANK", "0"))

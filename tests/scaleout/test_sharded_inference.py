@@ -12,10 +12,10 @@ import soundfile as sf
 import torch
 import yaml
 
-from adaptive_exit.cli import main
-from adaptive_exit.distributed import Shard, map_ordered
+from adaptive_exit.app.cli import main
+from adaptive_exit.runtime.distributed import Shard, map_ordered
 from adaptive_exit.speech.data import SyntheticDataset
-from adaptive_exit.traces import Trace
+from adaptive_exit.runtime.traces import Trace
 
 from ..text.helpers import tiny_backbone, tiny_tokenizer, WORDS
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from adaptive_exit.cli import main
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.app.cli import main
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.speech import pretrained
 from adaptive_exit.speech.domain import load_speech_model
 from adaptive_exit.speech.enhance import enhance_waveform

@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from adaptive_exit.cli import main
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.app.cli import main
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.speech.audio import load_audio
 from adaptive_exit.speech.data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset, mix_at_snr
 from adaptive_exit.speech.domain import DOMAIN
@@ -15,7 +15,7 @@ from adaptive_exit.speech.losses import SpectralLoss
 from adaptive_exit.speech.metrics import score, si_sdr
 from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
 from adaptive_exit.speech.stft import STFT
-from adaptive_exit.traces import record_trace, replay
+from adaptive_exit.runtime.traces import record_trace, replay
 from adaptive_exit.training import TrainConfig
 from tests.conftest import REPO
 

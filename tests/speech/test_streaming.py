@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from adaptive_exit.cli import main
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.app.cli import main
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.speech.channel import ChannelAugment, lowpass, mu_law, room_impulse_response
 from adaptive_exit.speech.data import SyntheticDataset
 from adaptive_exit.speech.domain import DOMAIN

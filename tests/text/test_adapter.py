@@ -5,9 +5,9 @@ import torch
 import transformers
 from transformers import AutoModel
 
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.text.encoder import LayerwiseEncoder
-from adaptive_exit.traces import record_trace, replay
+from adaptive_exit.runtime.traces import record_trace, replay
 
 from .helpers import TINY, random_batch, tiny_backbone, tiny_model
 

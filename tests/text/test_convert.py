@@ -6,8 +6,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from adaptive_exit.cli import main
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.app.cli import main
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.text.modeling import EarlyExitForSequenceClassification
 
 from .helpers import TINY, random_batch, tiny_tokenizer

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adaptive_exit.cli import main
+from adaptive_exit.app.cli import main
 from adaptive_exit.text.data import TaskSpec, TextCollator, infer_label_names, read_table
 from tests.conftest import REPO
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from adaptive_exit.staged import all_exit_outputs
+from adaptive_exit.runtime.staged import all_exit_outputs
 from adaptive_exit.text.domain import DOMAIN, TextDataConfig, TextModelConfig
 from adaptive_exit.training import TrainConfig, Trainer
 

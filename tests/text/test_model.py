@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
-from adaptive_exit.cli import main
-from adaptive_exit.losses import exit_weights
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.app.cli import main
+from adaptive_exit.training.losses import exit_weights
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.text.data import TextCollator
 from adaptive_exit.text.domain import DOMAIN
 from adaptive_exit.text.modeling import EarlyExitForSequenceClassification
-from adaptive_exit.traces import Trace, replay
+from adaptive_exit.runtime.traces import Trace, replay
 
 from .helpers import random_batch, tiny_model, tiny_tokenizer
 

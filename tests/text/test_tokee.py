@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from adaptive_exit.staged import all_exit_outputs
+from adaptive_exit.runtime.staged import all_exit_outputs
 from adaptive_exit.text.tokee import layer_flops, token_exit
 
 from .helpers import random_batch

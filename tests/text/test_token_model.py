@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.text.conll import CONLL2003_TAGS, IGNORE, TokenCollator
 from adaptive_exit.text.modeling import EarlyExitConfig
 from adaptive_exit.text.token_model import EarlyExitForTokenClassification

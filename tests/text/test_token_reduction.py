@@ -3,9 +3,9 @@ per-row packing, [CLS], FLOPs, and the REINFORCE signal."""
 import pytest
 import torch
 
-from adaptive_exit.runner import EarlyExitRunner
+from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.text.modeling import EarlyExitConfig, EarlyExitForSequenceClassification
-from adaptive_exit.traces import record_trace, replay
+from adaptive_exit.runtime.traces import record_trace, replay
 
 from .helpers import random_batch, tiny_backbone
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import io
+from adaptive_exit import io
 
 logger = logging.getLogger(__name__)
 

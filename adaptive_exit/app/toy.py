@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .domain import Domain
-from .fields import bounded
-from .staged import select_rows
+from adaptive_exit.app.domain import Domain
+from adaptive_exit.fields import bounded
+from adaptive_exit.runtime.staged import select_rows
 
 
 @dataclass
@@ -140,7 +140,7 @@ def collate_toy(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
 class ToyDomain(Domain):
     """The smallest complete domain; copy this class to add one (see README "Extending").
 
-    Saving and loading come from :class:`~adaptive_exit.domain.Domain` because the
+    Saving and loading come from :class:`~adaptive_exit.app.domain.Domain` because the
     model is built as ``ToyStagedModel(model_cfg)`` and keeps it as ``model.config``.
     """
 

@@ -12,7 +12,7 @@ A budget is written ``KIND:VALUE``:
 * ``rtf:0.3``    - mean real-time factor per utterance (processing time / audio duration).
 
 ``flops``, ``ms``, ``pNN`` and ``rtf`` are measured with a cost model
-(:mod:`adaptive_exit.costs`): calibration gets an (N, L) table of each sample's
+(:mod:`adaptive_exit.budgets.costs`): calibration gets an (N, L) table of each sample's
 cumulative cost after each stage in that unit.
 
 Calibration replays candidate policies on development traces, keeps those that
@@ -32,11 +32,11 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from . import io
-from .policies import Budget, ExitPolicy, build_policy
-from .staged import ExitResult
-from .evaluation import expand_family, metric_for, score
-from .traces import Trace, replay
+from adaptive_exit import io
+from adaptive_exit.policies import Budget, ExitPolicy, build_policy
+from adaptive_exit.runtime.staged import ExitResult
+from adaptive_exit.evaluation import expand_family, metric_for, score
+from adaptive_exit.runtime.traces import Trace, replay
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class BudgetKind:
     """One kind of budget: how its value is written, its cost unit and what it limits.
 
     ``unit`` names the per-sample cost table the kind is measured in (see
-    :mod:`adaptive_exit.costs`: stages, fraction, flops, ms, rtf); ``measure``
+    :mod:`adaptive_exit.budgets.costs`: stages, fraction, flops, ms, rtf); ``measure``
     turns each sample's spent cost (N,) into the achieved figure (a mean, a
     maximum, a percentile). ``fraction`` kinds take values in (0, 1] of the full
     model; ``hard_cap`` kinds must hold for every sample (calibration adds a
@@ -238,7 +238,7 @@ class BudgetSpec:
 
     @property
     def unit(self) -> str:
-        """The cost unit this budget is measured in (see :mod:`adaptive_exit.costs`)."""
+        """The cost unit this budget is measured in (see :mod:`adaptive_exit.budgets.costs`)."""
         return self.kind_of.unit
 
     @property

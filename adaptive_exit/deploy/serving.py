@@ -29,9 +29,9 @@ from typing import Any, Sequence
 
 import torch
 
-from .budget import BudgetSpec, BudgetTable
-from .policies import ExitPolicy, build_policy
-from .runner import EarlyExitRunner
+from adaptive_exit.budgets import BudgetSpec, BudgetTable
+from adaptive_exit.policies import ExitPolicy, build_policy
+from adaptive_exit.runtime.runner import EarlyExitRunner
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def serve(model_dir: str, slo: str | None, host: str, port: int, max_batch: int,
     """Load a saved or exported model and serve it until interrupted."""
     import uvicorn
 
-    from .domain import load_any_model
+    from adaptive_exit.app.domain import load_any_model
 
     model, policy, domain = load_any_model(model_dir)
     if policy_spec:

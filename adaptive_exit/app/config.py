@@ -18,10 +18,10 @@ from typing import Any, Union
 
 import yaml
 
-from .errors import AdaptiveExitError
-from .fields import bounded, check_ranges
-from .runtime import RuntimeConfig
-from .training import TrainConfig
+from adaptive_exit.errors import AdaptiveExitError
+from adaptive_exit.fields import bounded, check_ranges
+from adaptive_exit.runtime.threads import RuntimeConfig
+from adaptive_exit.training import TrainConfig
 
 
 class ConfigError(AdaptiveExitError):
@@ -237,7 +237,7 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 
 def save_resolved(recipe: Recipe, run_dir: str | os.PathLike) -> Path:
-    from . import io
+    from adaptive_exit import io
 
     path = Path(run_dir) / "config.yaml"
     io.write_text(path, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))

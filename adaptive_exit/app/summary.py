@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .evaluation import format_table, rows_from_report
+from adaptive_exit.evaluation import format_table, rows_from_report
 
 
 def _pct(x: float) -> str:

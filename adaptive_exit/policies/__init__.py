@@ -31,7 +31,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from .staged import select_rows
+from adaptive_exit.runtime.staged import select_rows
 
 PolicyState = dict[str, Any]
 

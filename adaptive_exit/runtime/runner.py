@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .policies import ExitPolicy, build_policy
-from .staged import ExitResult, StagedModel, has_sample_costs, stage_costs
+from adaptive_exit.policies import ExitPolicy, build_policy
+from adaptive_exit.runtime.staged import ExitResult, StagedModel, has_sample_costs, stage_costs
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class EarlyExitRunner:
 
     The policy can be swapped between batches (``runner.policy = "patience:3"``)
     without touching the model; with a table of calibrated budgets (``budgets=``,
-    see :class:`~adaptive_exit.budget.BudgetTable`) so can the budget
+    see :class:`~adaptive_exit.budgets.BudgetTable`) so can the budget
     (``runner.budget = "mean:0.4"``).
     """
 

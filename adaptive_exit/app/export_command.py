@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .domain import get_domain, model_domain
-from .onnx_export import Manifest, quantize_folder
+from adaptive_exit.app.domain import get_domain, model_domain
+from adaptive_exit.deploy.onnx import Manifest, quantize_folder
 
 logger = logging.getLogger(__name__)
 

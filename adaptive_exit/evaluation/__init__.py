@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from . import io
-from .metrics import Metric, get_metric, is_registered, known_metrics
-from .policies import Budget, ExitPolicy, build_policy
-from .staged import ExitResult
-from .traces import Trace, replay
+from adaptive_exit import io
+from adaptive_exit.evaluation.metrics import Metric, get_metric, is_registered, known_metrics
+from adaptive_exit.policies import Budget, ExitPolicy, build_policy
+from adaptive_exit.runtime.staged import ExitResult
+from adaptive_exit.runtime.traces import Trace, replay
 
 logger = logging.getLogger(__name__)
 

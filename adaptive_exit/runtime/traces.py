@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import io
-from .distributed import Shard, current_shard
-from .policies import ExitPolicy, build_policy
-from .runner import pad_cat
-from .runtime import progress_enabled
-from .staged import ExitResult, StagedModel, run_all_stages, stage_costs
+from adaptive_exit import io
+from adaptive_exit.runtime.distributed import Shard, current_shard
+from adaptive_exit.policies import ExitPolicy, build_policy
+from adaptive_exit.runtime.runner import pad_cat
+from adaptive_exit.runtime.threads import progress_enabled
+from adaptive_exit.runtime.staged import ExitResult, StagedModel, run_all_stages, stage_costs
 
 logger = logging.getLogger(__name__)
 

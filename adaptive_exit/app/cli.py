@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose, quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     configure_logging(verbose, quiet)
     try:
-        from .runtime import configure_threads
+        from adaptive_exit.runtime.threads import configure_threads
 
         explicit_threads = getattr(args, "threads", None)
         if explicit_threads is not None or args.command not in CORE_COMMANDS:
@@ -265,30 +265,30 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     for noisy in ("urllib3", "filelock", "matplotlib", "PIL", "fsspec", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if quiet:
-        from .runtime import PROGRESS_ENV
+        from adaptive_exit.runtime.threads import PROGRESS_ENV
 
         os.environ[PROGRESS_ENV] = "0"
 
 
 def _core(args: argparse.Namespace, explicit_threads: str | None) -> int:
-    from .config import load_recipe
-    from .runtime import configure_threads
+    from adaptive_exit.app.config import load_recipe
+    from adaptive_exit.runtime.threads import configure_threads
 
     if args.command == "serve":
         configure_threads(explicit_threads)
-        from .serving import serve
+        from adaptive_exit.deploy.serving import serve
 
         serve(args.model, args.slo, args.host, args.port, args.max_batch, args.max_wait_ms, args.policy)
         return 0
     if args.command == "export":
         configure_threads(explicit_threads)
-        from .export_command import run_export
+        from adaptive_exit.app.export_command import run_export
 
         print(run_export(Path(args.model), Path(args.output), args.int8))
         return 0
     if args.command == "budget-sweep":
         configure_threads(explicit_threads)
-        from .budget_sweep import format_budget_table, run_budget_sweep
+        from adaptive_exit.app.budget_sweep import format_budget_table, run_budget_sweep
 
         print(format_budget_table(run_budget_sweep(args.recipe, args.overrides)))
         return 0
@@ -298,8 +298,8 @@ def _core(args: argparse.Namespace, explicit_threads: str | None) -> int:
     recipe, _ = load_recipe(recipe_path, overrides)
     configure_threads(explicit_threads if explicit_threads is not None else recipe.runtime.threads)
 
-    from .pipeline import Pipeline
-    from .summary import calibration_summary, run_summary
+    from adaptive_exit.app.pipeline import Pipeline
+    from adaptive_exit.app.summary import calibration_summary, run_summary
 
     pipeline = Pipeline(recipe)
     if getattr(args, "model", None):

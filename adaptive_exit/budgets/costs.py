@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import io
-from .staged import StagedModel, stage_costs
-from .timing import median_time
+from adaptive_exit import io
+from adaptive_exit.runtime.staged import StagedModel, stage_costs
+from adaptive_exit.runtime.timing import median_time
 
 UNITS = ("stages", "fraction", "flops", "ms", "rtf")
 logger = logging.getLogger(__name__)

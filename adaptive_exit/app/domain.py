@@ -14,17 +14,17 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
-from . import io
-from .config import from_dict
-from .losses import MultiExitObjective
-from .policies import ExitPolicy, build_policy
-from .training import TrainConfig
+from adaptive_exit import io
+from adaptive_exit.app.config import from_dict
+from adaptive_exit.training.losses import MultiExitObjective
+from adaptive_exit.policies import ExitPolicy, build_policy
+from adaptive_exit.training import TrainConfig
 
 
 class Domain:
     """Base class for a domain. Subclasses fill in the model, data and loss.
 
-    ``adaptive_exit/toy.py`` is the template: a config dataclass for the recipe's
+    ``adaptive_exit/app/toy.py`` is the template: a config dataclass for the recipe's
     ``model:`` and ``data:`` sections, an ``nn.Module`` StagedModel built as
     ``model_class(model_cfg)`` that keeps its config as ``model.config``, and the
     data/loss methods below. With that, saving and loading (safetensors weights +
@@ -72,12 +72,12 @@ class Domain:
         io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
 
     def export_onnx(self, model: nn.Module, folder: Path, policy: ExitPolicy, source: Path | None = None) -> Any:
-        """Write per-stage ONNX graphs and a manifest (see :mod:`adaptive_exit.onnx_export`)."""
+        """Write per-stage ONNX graphs and a manifest (see :mod:`adaptive_exit.deploy.onnx`)."""
         raise ValueError(f"domain {self.name!r} cannot be exported to ONNX yet")
 
     def serve_adapter(self, model: Any) -> Any:
         """What ``adaptive-exit serve`` needs to turn requests into batches (a
-        :class:`~adaptive_exit.serving.ServeAdapter`)."""
+        :class:`~adaptive_exit.deploy.serving.ServeAdapter`)."""
         raise ValueError(f"domain {self.name!r} has no HTTP endpoint to serve")
 
     def probe_batch(self, model: nn.Module) -> Any:
@@ -86,7 +86,7 @@ class Domain:
 
     def load_exported(self, folder: Path) -> tuple[Any, ExitPolicy]:
         """An exported folder as a StagedModel on onnxruntime, and its default policy."""
-        from .onnx_export import OnnxStagedModel
+        from adaptive_exit.deploy.onnx import OnnxStagedModel
 
         model = OnnxStagedModel(folder)
         return model, saved_policy(model.manifest.default_policy, str(Path(folder) / "manifest.json"))

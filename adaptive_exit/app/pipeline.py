@@ -24,20 +24,20 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import io
-from .budget import BudgetSpec
-from .budget import calibrate as calibrate_trace
-from .budget import BudgetTable, Calibration, candidate_policies, split_indices
-from .costs import CostModel, sample_costs
-from .config import Recipe, from_dict, save_resolved
-from .distributed import current_shard
-from .domain import Domain, get_domain
-from .policies import ExitPolicy, build_policy
-from .timing import median_time
-from .evaluation import build_report, format_table, metric_for, rows_from_report, score, write_report
-from .runner import EarlyExitRunner
-from .traces import Trace, record_trace, replay
-from .training import Trainer, set_seed
+from adaptive_exit import io
+from adaptive_exit.budgets import BudgetSpec
+from adaptive_exit.budgets import calibrate as calibrate_trace
+from adaptive_exit.budgets import BudgetTable, Calibration, candidate_policies, split_indices
+from adaptive_exit.budgets.costs import CostModel, sample_costs
+from adaptive_exit.app.config import Recipe, from_dict, save_resolved
+from adaptive_exit.runtime.distributed import current_shard
+from adaptive_exit.app.domain import Domain, get_domain
+from adaptive_exit.policies import ExitPolicy, build_policy
+from adaptive_exit.runtime.timing import median_time
+from adaptive_exit.evaluation import build_report, format_table, metric_for, rows_from_report, score, write_report
+from adaptive_exit.runtime.runner import EarlyExitRunner
+from adaptive_exit.runtime.traces import Trace, record_trace, replay
+from adaptive_exit.training import Trainer, set_seed
 
 logger = logging.getLogger(__name__)
 

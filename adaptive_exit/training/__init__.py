@@ -28,12 +28,12 @@ from torch import Tensor, nn
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
-from . import io
-from .errors import CheckpointError, TrainingDiverged
-from .fields import bounded, check_ranges
-from .losses import MultiExitObjective
-from .runtime import progress_enabled
-from .staged import all_exit_outputs
+from adaptive_exit import io
+from adaptive_exit.errors import CheckpointError, TrainingDiverged
+from adaptive_exit.fields import bounded, check_ranges
+from adaptive_exit.training.losses import MultiExitObjective
+from adaptive_exit.runtime.threads import progress_enabled
+from adaptive_exit.runtime.staged import all_exit_outputs
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import io
-from .budget import BudgetSpec, BudgetTable, split_indices
-from .config import apply_overrides, from_dict, load_recipe, load_yaml
-from .evaluation import score
-from .pipeline import Pipeline
-from .traces import Trace
+from adaptive_exit import io
+from adaptive_exit.budgets import BudgetSpec, BudgetTable, split_indices
+from adaptive_exit.app.config import apply_overrides, from_dict, load_recipe, load_yaml
+from adaptive_exit.evaluation import score
+from adaptive_exit.app.pipeline import Pipeline
+from adaptive_exit.runtime.traces import Trace
 
 logger = logging.getLogger(__name__)
 
