@@ -26,5 +26,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _threads():
-    torch.set_num_threads(2)
+    """The suite follows the project's own thread setting: ``ADAPTIVE_EXIT_THREADS`` when
+    set, else ``auto`` (the idle cores), so a loaded machine is not oversubscribed."""
+    from adaptive_exit.runtime.threads import configure_threads
+
+    configure_threads(os.environ.get("ADAPTIVE_EXIT_THREADS"))
     yield

@@ -11,9 +11,9 @@ if given, in a JSON file next to the model). FLOPs are profiled for every size
 present; latency, which needs repeats, at a few sizes, interpolated linearly in
 between (stage latency is close to linear in tokens/frames at these lengths).
 
-:func:`sample_costs` turns a profile into an (N, L) table: the cumulative cost of
-sample i when it exits after stage k, in a unit: ``stages``, ``fraction``,
-``flops``, ``ms`` or ``rtf`` (ms / audio duration).
+:mod:`.units` turns a profile into an (N, L) table: the cumulative cost of sample i
+when it exits after stage k, in a unit (``stages``, ``fraction``, ``flops``, ``ms``,
+``rtf``).
 """
 from __future__ import annotations
 
@@ -27,14 +27,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from adaptive_exit import io
-from adaptive_exit.runtime.staged import StagedModel, stage_costs
+from adaptive_exit.runtime.staged import StagedModel
 from adaptive_exit.runtime.timing import median_time
 
-UNITS = ("stages", "fraction", "flops", "ms", "rtf")
 logger = logging.getLogger(__name__)
 
 
@@ -219,35 +217,3 @@ class CostModel:
             outside = np.isnan(table[:, k])
             table[outside, k] = intercept + slope * sizes[outside]
         return np.maximum(table, 0.0)
-
-
-def sample_costs(unit: str, model: StagedModel, sizes: Sequence[int] | None = None, cost_model: CostModel | None = None,
-                 durations: Sequence[float] | None = None) -> Tensor:
-    """(N, L) cumulative cost of each sample exiting after each stage, in ``unit``.
-
-    ``stages`` and ``fraction`` need only the model; ``flops`` and ``ms`` need the
-    samples' input sizes and a cost model; ``rtf`` also the audio durations (seconds).
-    """
-    if unit not in UNITS:
-        raise ValueError(f"unknown cost unit {unit!r}; expected one of {UNITS}")
-    costs = torch.tensor(stage_costs(model), dtype=torch.float64)
-    if unit in ("stages", "fraction"):
-        if sizes is None:
-            raise ValueError(f"cost unit {unit!r} needs the number of samples (sizes)")
-        per_stage = torch.ones(len(sizes), model.num_stages, dtype=torch.float64) if unit == "stages" else \
-            (costs / costs.sum()).expand(len(sizes), -1).clone()
-        return per_stage.cumsum(1)
-    if sizes is None or cost_model is None:
-        raise ValueError(f"cost unit {unit!r} needs input sizes and a cost model")
-    if unit == "flops":
-        table = torch.tensor([cost_model.flops(s) for s in sizes], dtype=torch.float64)
-        return table.cumsum(1)
-    latency = torch.from_numpy(cost_model.latency_table(sizes)).cumsum(1)
-    if unit == "ms":
-        return latency
-    if durations is None:
-        raise ValueError("cost unit 'rtf' needs the audio duration of every sample")
-    seconds = torch.as_tensor(durations, dtype=torch.float64)
-    if bool((seconds <= 0).any()):
-        raise ValueError("rtf needs positive audio durations")
-    return latency / 1000.0 / seconds[:, None]

@@ -92,7 +92,8 @@ def budget_levels(table: BudgetTable, default: ExitPolicy) -> list[Level]:
 
 
 class LatencyController:
-    """Moves along the budget levels to keep a latency percentile under the target.
+    """Moves along the budget levels to keep the latency the SLO names (a quantile of recent
+    latencies, ``quantile``, or their mean when it is None: ``ms:40``) under the target.
 
     Two signals move it toward cheaper levels: the percentile of recent latencies over the
     target, and (sooner, before those requests finish) a batch whose oldest request has
@@ -102,10 +103,10 @@ class LatencyController:
     oscillation that otherwise keeps refilling the queue).
     """
 
-    def __init__(self, levels: list[Level], target_ms: float, percentile: float = 95.0, window: int = 64,
+    def __init__(self, levels: list[Level], target_ms: float, quantile: float | None = 0.95, window: int = 64,
                  headroom: float = 0.4, cooldown_s: float = 0.5, idle_s: float = 2.0, up_cooldown_s: float = 5.0,
                  queue_fraction: float = 0.8):
-        self.levels, self.target_ms, self.percentile = levels, target_ms, percentile
+        self.levels, self.target_ms, self.quantile = levels, target_ms, quantile
         self.window: deque[float] = deque(maxlen=window)
         self.headroom, self.cooldown_s, self.idle_s = headroom, cooldown_s, idle_s
         self.up_cooldown_s, self.queue_fraction = up_cooldown_s, queue_fraction
@@ -118,7 +119,9 @@ class LatencyController:
         return self.levels[self.index]
 
     def observed(self) -> float | None:
-        return percentile(self.window, self.percentile / 100) if len(self.window) >= 8 else None
+        if len(self.window) < 8:
+            return None
+        return sum(self.window) / len(self.window) if self.quantile is None else percentile(self.window, self.quantile)
 
     def record(self, latency_ms: float) -> None:
         with self.lock:
@@ -155,7 +158,7 @@ class LatencyController:
         self.index += step
         self.last_move = time.monotonic()
         self.window.clear()
-        measured = signal or f"p{self.percentile:g}"
+        measured = signal or ("mean" if self.quantile is None else f"p{100 * self.quantile:g}")
         logger.info("budget -> %s (%s)", self.level.name,
                     "idle" if value is None else f"{measured} {value:.1f} ms vs target {self.target_ms:g} ms")
 
@@ -197,8 +200,8 @@ class BatchingServer:
             budget = BudgetSpec.parse(slo)
             if budget.unit != "ms":
                 raise ValueError(f"--slo must be a latency (p95:50ms, ms:40), got {slo}")
-            percentile = float(budget.kind[1:]) if budget.kind.startswith("p") else 50.0
-            self.controller = LatencyController(levels or [Level("fixed", policy, 1.0)], budget.value, percentile)
+            self.controller = LatencyController(levels or [Level("fixed", policy, 1.0)], budget.value,
+                                                budget.kind_of.quantile)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.metrics = Metrics(model.num_stages)
         self.queue: asyncio.Queue | None = None
@@ -340,26 +343,6 @@ def create_app(server: BatchingServer):
         return Response(payload, media_type=media, headers=headers)
 
     return app
-
-
-def serve(model_dir: str, slo: str | None, host: str, port: int, max_batch: int, max_wait_ms: float,
-          policy_spec: str | None = None) -> None:
-    """Load a saved or exported model and serve it until interrupted."""
-    import uvicorn
-
-    from adaptive_exit.app.domain import load_any_model
-
-    model, policy, domain = load_any_model(model_dir)
-    if policy_spec:
-        if slo:
-            raise ValueError("give --slo (the controller picks the policy from the budget table) or --policy, not both")
-        policy = build_policy(policy_spec)
-    adapter = domain.serve_adapter(model)
-    levels = budget_levels(BudgetTable.load(model_dir), policy) if slo else None
-    server = BatchingServer(model, adapter, policy, levels, slo, max_batch, max_wait_ms)
-    if levels:
-        logger.info("budget levels: %s", ", ".join(f"{lv.name} ({lv.policy.spec()})" for lv in levels))
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

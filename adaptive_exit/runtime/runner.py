@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptive_exit.policies import ExitPolicy, build_policy
-from adaptive_exit.runtime.staged import ExitResult, StagedModel, has_sample_costs, stage_costs
+from adaptive_exit.runtime.staged import ExitResult, PerSampleCosts, StagedModel, stage_costs
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EarlyExitRunner:
         model, policy = self.model, self._policy
         last = model.num_stages - 1
         state = model.begin(batch)
-        counting = has_sample_costs(model)
+        counting = isinstance(model, PerSampleCosts)
         reference = model.reference_cost(state).double() if counting else None
         spent = None
         result = exit_stage = active = exited = pstate = None

@@ -14,11 +14,14 @@ Contract details that the runner relies on:
 * Padded positions of an exit output must be neutral for the policies used
   (zeros for spectra, for example), so that they never influence a decision.
 
-Optional, for models whose cost depends on the input's content (token reduction):
-``sample_cost(k, state)`` gives each row's cost of stage k (e.g. FLOPs from the tokens it
-kept) and ``reference_cost(state)`` (called on the state ``begin`` returns) each row's
-cost of the full model without any reduction. Then results, traces and budgets count
-those per-row costs, and a fraction of the full model is ``cost / reference_cost``.
+Optional capabilities are declared as protocols next to the contract and asked for by
+type (``isinstance(model, PerSampleCosts)``), never by probing attributes:
+
+* :class:`PerSampleCosts`: a model whose cost depends on the input's content (token
+  reduction). Results, traces and budgets then count those per-row costs, and a
+  fraction of the full model is ``cost / reference_cost``.
+* :class:`StreamingModel`: a causal model whose stages run on consecutive pieces of a
+  stream with a memory carried between pieces (streaming speech enhancement).
 """
 from __future__ import annotations
 
@@ -48,6 +51,39 @@ class StagedModel(Protocol):
     def stage_cost(self, k: int) -> float: ...
 
 
+@runtime_checkable
+class PerSampleCosts(Protocol):
+    """Per-row costs: ``sample_cost(k, state)`` is each row's cost of stage k (e.g. FLOPs
+    from the tokens it kept); ``reference_cost(state)``, called on the state ``begin``
+    returns, each row's cost of the full model without any reduction."""
+
+    def sample_cost(self, k: int, state: State) -> Tensor: ...
+
+    def reference_cost(self, state: State) -> Tensor: ...
+
+
+@runtime_checkable
+class StreamingModel(Protocol):
+    """A causal staged model that runs on consecutive pieces of a stream.
+
+    ``new_memory()`` is an empty memory (silence before the start); ``stream_begin`` and
+    ``stream_stage`` are ``begin``/``run_stage`` on one piece, reading and updating that
+    memory; ``skip_stages(first, state, memory)`` tells the memory that this piece stopped
+    before stage ``first`` (what later pieces should see in place of the skipped stages).
+    Running every piece to full depth must equal running the whole stream at once.
+    """
+
+    num_stages: int
+
+    def new_memory(self) -> Any: ...
+
+    def stream_begin(self, batch: Any, memory: Any) -> State: ...
+
+    def stream_stage(self, k: int, state: State, memory: Any) -> State: ...
+
+    def skip_stages(self, first: int, state: State, memory: Any) -> None: ...
+
+
 def stage_costs(model: StagedModel) -> list[float]:
     """Cost of every stage, in the model's own unit."""
     costs = [float(model.stage_cost(k)) for k in range(model.num_stages)]
@@ -64,15 +100,11 @@ def all_exit_outputs(model: StagedModel, batch: Any) -> list[Tensor]:
     return run_all_stages(model, batch)[0]
 
 
-def has_sample_costs(model: Any) -> bool:
-    return callable(getattr(model, "sample_cost", None)) and callable(getattr(model, "reference_cost", None))
-
-
 def run_all_stages(model: StagedModel, batch: Any) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
     """Every stage's exit output, and for models that report them, each row's cumulative
     cost after every stage (B, L) and its full-model reference cost (B,)."""
     state = model.begin(batch)
-    counting = has_sample_costs(model)
+    counting = isinstance(model, PerSampleCosts)
     reference = model.reference_cost(state).double() if counting else None
     outputs, costs = [], []
     for k in range(model.num_stages):

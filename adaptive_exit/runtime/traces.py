@@ -36,7 +36,7 @@ class Trace:
     ``outputs``: (N, L, ...) exit outputs; ``targets``: (N, ...) or None;
     ``quality``: metric name -> (N, L) per-sample, per-stage quality (e.g. PESQ),
     computed once and reused by every sweep. For models that report per-sample costs
-    (token reduction): ``sample_costs`` (N, L), each sample's cumulative cost after each
+    (token reduction): ``counted_costs`` (N, L), each sample's cumulative cost after each
     stage, and ``reference_costs`` (N,), its cost in the full unreduced model.
     """
 
@@ -45,7 +45,7 @@ class Trace:
     targets: Tensor | None = None
     quality: dict[str, Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-    sample_costs: Tensor | None = None
+    counted_costs: Tensor | None = None
     reference_costs: Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -56,10 +56,10 @@ class Trace:
         for name, q in self.quality.items():
             if tuple(q.shape) != tuple(self.outputs.shape[:2]):
                 raise ValueError(f"quality {name!r} must have shape {tuple(self.outputs.shape[:2])}, got {tuple(q.shape)}")
-        if (self.sample_costs is None) != (self.reference_costs is None):
+        if (self.counted_costs is None) != (self.reference_costs is None):
             raise ValueError("a trace holds per-sample costs and their reference costs together, or neither")
-        if self.sample_costs is not None and tuple(self.sample_costs.shape) != tuple(self.outputs.shape[:2]):
-            raise ValueError(f"sample_costs must have shape {tuple(self.outputs.shape[:2])}, got {tuple(self.sample_costs.shape)}")
+        if self.counted_costs is not None and tuple(self.counted_costs.shape) != tuple(self.outputs.shape[:2]):
+            raise ValueError(f"counted_costs must have shape {tuple(self.outputs.shape[:2])}, got {tuple(self.counted_costs.shape)}")
 
     @property
     def num_samples(self) -> int:
@@ -80,8 +80,8 @@ class Trace:
     def result(self, exit_stage: Tensor) -> ExitResult:
         """The result of exiting each sample at ``exit_stage``: its output and its cost
         (per-sample costs when the trace has them, else the stage costs)."""
-        if self.sample_costs is not None:
-            cost = self.sample_costs[torch.arange(self.num_samples), exit_stage]
+        if self.counted_costs is not None:
+            cost = self.counted_costs[torch.arange(self.num_samples), exit_stage]
         else:
             cost = torch.tensor(self.stage_costs, dtype=torch.float64).cumsum(0)[exit_stage]
         return ExitResult(self.stage_output(exit_stage), exit_stage, cost, self.num_stages, self.full_cost,
@@ -95,7 +95,7 @@ class Trace:
             targets=None if self.targets is None else self.targets[index],
             quality={k: v[index] for k, v in self.quality.items()},
             meta=dict(self.meta),
-            sample_costs=None if self.sample_costs is None else self.sample_costs[index],
+            counted_costs=None if self.counted_costs is None else self.counted_costs[index],
             reference_costs=None if self.reference_costs is None else self.reference_costs[index],
         )
 
@@ -107,7 +107,7 @@ class Trace:
             "targets": self.targets,
             "quality": dict(self.quality),
             "meta": dict(self.meta),
-            "sample_costs": self.sample_costs,
+            "counted_costs": self.counted_costs,
             "reference_costs": self.reference_costs,
         })
 
@@ -122,7 +122,7 @@ class Trace:
         if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
             raise ValueError(f"{path} is not an adaptive-exit trace (format {TRACE_FORMAT})")
         return cls(data["outputs"], data["stage_costs"], data["targets"], data["quality"], data["meta"],
-                   data.get("sample_costs"), data.get("reference_costs"))
+                   data.get("counted_costs", data.get("sample_costs")), data.get("reference_costs"))  # sample_costs: before 0.2
 
 
 QualityFn = Callable[[Tensor, Any], dict[str, Tensor]]
@@ -173,7 +173,7 @@ def record_trace(
         targets=pad_cat(target_list, value=target_pad_value) if target_list else None,
         quality={name: torch.cat([p[2][name] for p in parts]) for name in names},
         meta=dict(meta or {}),
-        sample_costs=torch.cat([p[3] for p in parts]) if counted else None,
+        counted_costs=torch.cat([p[3] for p in parts]) if counted else None,
         reference_costs=torch.cat([p[4] for p in parts]) if counted else None,
     )
 

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -108,6 +108,13 @@ def romebert_loss(outputs: Sequence[Tensor], task_loss: Callable[[int, Tensor], 
     return loss
 
 
+@runtime_checkable
+class HasBackbone(Protocol):
+    """A model whose backbone (and final exit) can be frozen while earlier exits train."""
+
+    def backbone_parameters(self) -> Iterable[Tensor]: ...
+
+
 class MultiExitObjective:
     """Turns every exit's output into one training loss, per scheme and phase.
 
@@ -142,6 +149,23 @@ class MultiExitObjective:
     @property
     def phases(self) -> int:
         return 1 if self.scheme in ("joint", "romebert") else 2
+
+    def phase_at(self, step: int, max_steps: int, first_phase_fraction: float) -> int:
+        """The phase of a training step: two-phase schemes train the last exit first."""
+        if self.phases == 1:
+            return 1
+        return 1 if step < round(first_phase_fraction * max_steps) else 2
+
+    def enter_phase(self, phase: int, model: Any) -> None:
+        """Phase 2 of a two-phase scheme trains only the earlier exits: the backbone and the
+        final exit are frozen."""
+        if phase != 2:
+            return
+        if not isinstance(model, HasBackbone):
+            raise ValueError(f"scheme {self.scheme!r} needs model.backbone_parameters() "
+                             "(the backbone and final exit, frozen in phase 2)")
+        for p in model.backbone_parameters():
+            p.requires_grad_(False)
 
     def __call__(self, outputs: Sequence[Tensor], batch: Any, phase: int = 1) -> Tensor:
         num = len(outputs)

@@ -28,7 +28,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from adaptive_exit.runtime.staged import select_rows
 
 from .architectures import UNSUPPORTED, override_for
 

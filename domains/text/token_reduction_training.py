@@ -41,7 +41,6 @@ from adaptive_exit.fields import bounded, check_ranges
 from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.runtime.threads import progress_enabled
 
-from .token_reduction import gather_rows
 
 logger = logging.getLogger(__name__)
 

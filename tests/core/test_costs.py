@@ -6,7 +6,8 @@ import torch
 
 from adaptive_exit.budgets import BudgetSpec, calibrate
 from adaptive_exit.app.cli import main
-from adaptive_exit.budgets.costs import CostModel, count_stage_flops, sample_costs, time_stages
+from adaptive_exit.budgets.costs import CostModel, count_stage_flops, time_stages
+from adaptive_exit.budgets.units import cost_table
 from adaptive_exit.runtime.staged import ExitResult
 from adaptive_exit.app.toy import ToyModelConfig, ToyStagedModel, collate_toy
 
@@ -71,15 +72,15 @@ def test_cost_model_caches_and_interpolates_latency(tmp_path):
 def test_sample_cost_tables_are_cumulative_per_unit():
     model = ToyStagedModel(ToyModelConfig(num_stages=3)).eval()
     costs = CostModel(model, _toy_batch, repeats=2, warmup=0)
-    flops = sample_costs("flops", model, [3, 9], costs)
+    flops = cost_table("flops", model, [3, 9], costs)
     assert flops.shape == (2, 3) and bool((flops[:, 1:] > flops[:, :-1]).all()) and flops[1, 2] > flops[0, 2]
-    assert torch.allclose(sample_costs("fraction", model, [0, 0])[:, -1], torch.ones(2, dtype=torch.float64))
-    rtf = sample_costs("rtf", model, [3, 9], costs, durations=[1.0, 2.0])
-    assert torch.allclose(rtf * torch.tensor([[1.0], [2.0]], dtype=torch.float64) * 1000, sample_costs("ms", model, [3, 9], costs))
+    assert torch.allclose(cost_table("fraction", model, [0, 0])[:, -1], torch.ones(2, dtype=torch.float64))
+    rtf = cost_table("rtf", model, [3, 9], costs, durations=[1.0, 2.0])
+    assert torch.allclose(rtf * torch.tensor([[1.0], [2.0]], dtype=torch.float64) * 1000, cost_table("ms", model, [3, 9], costs))
     with pytest.raises(ValueError, match="audio duration"):
-        sample_costs("rtf", model, [3], costs)
+        cost_table("rtf", model, [3], costs)
     with pytest.raises(ValueError, match="unknown cost unit"):
-        sample_costs("joules", model, [3], costs)
+        cost_table("joules", model, [3], costs)
 
 
 def test_budget_kinds_parse_and_measure():

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from adaptive_exit import budgets as budget_module
-from adaptive_exit import policies as policy_module
+from adaptive_exit.budgets import kinds as budget_module
+from adaptive_exit.policies import base as policy_module
 from adaptive_exit.budgets import BudgetSpec, BudgetTable, calibrate
 from adaptive_exit.policies import build_policy
 from adaptive_exit.runtime.traces import Trace, replay

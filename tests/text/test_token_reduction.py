@@ -107,7 +107,7 @@ def test_traces_and_replay_carry_per_sample_flops():
     assert torch.equal(replayed.exit_stage, runner.exit_stage)
     torch.testing.assert_close(replayed.cost, runner.cost.cpu())
     torch.testing.assert_close(replayed.reference_cost, runner.reference_cost.cpu())
-    assert trace.subset([0, 2]).sample_costs.shape == (2, model.num_stages)
+    assert trace.subset([0, 2]).counted_costs.shape == (2, model.num_stages)
 
 
 @pytest.mark.parametrize("arch, reason", [("deberta-v2", "relative"), ("mpnet", "relative"), ("modernbert", ""),
