@@ -127,8 +127,10 @@ def parse_json(text: str | bytes, source: str, max_depth: int | None = None) -> 
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except RecursionError:
         raise ValueError(f"{source}: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(f"{source}: not valid JSON ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except ValueError as exc:  # a duplicate key
+        raise ValueError(f"{source}: malformed JSON ({exc})") from None
 
 
 def read_json(path: str | os.PathLike, max_bytes: int | None = None) -> Any:
@@ -174,10 +176,43 @@ def read_model_folder(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     for f in (config_file, weights):
         if not f.is_file():
             raise FileNotFoundError(f"model file missing: {f}")
+    meta = read_json(config_file)
     try:
-        return read_json(config_file), load_file(str(weights))
-    except Exception as exc:  # noqa: BLE001 - corrupt JSON or safetensors
-        raise ValueError(f"cannot read model folder {path}: {exc}") from exc
+        return meta, load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError: truncated, corrupt, absurd header
+        raise ValueError(f"{weights}: not a readable safetensors file ({' '.join(str(exc).split())[:200]})") from None
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes a safetensors file declares, read from its header only (nothing is
+    loaded); a corrupt or absurd header is a ValueError naming the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())[:200]})") from None
+
+
+def check_weights_fit(build_on_meta: Callable[[], torch.nn.Module], shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Before any real allocation: build the model a config describes on the meta device and
+    check it against the weights file's shapes and the ``model_parameters`` limit, so a
+    config claiming a huge model is refused instead of allocated."""
+    from .limits import limit
+
+    try:
+        with torch.device("meta"):
+            probe = build_on_meta()
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{source}: the config does not describe a model that can be built ({' '.join(str(exc).split())[:200]})") from None
+    count, cap = sum(p.numel() for p in probe.parameters()), int(limit("model_parameters"))
+    if count > cap:
+        raise ValueError(f"{source}: the config describes {count:,} parameters, over the limit of {cap:,} (limit model_parameters)")
+    for name, tensor in probe.state_dict().items():
+        if name in shapes and tuple(tensor.shape) != tuple(shapes[name]):
+            raise ValueError(f"{source}: the config gives {name} the shape {tuple(tensor.shape)}, the weights file "
+                             f"holds {tuple(shapes[name])}")
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from adaptive_exit.text.token_eval import envelope_f1_at, rows_from_json
+from adaptive_exit.text.tagging.token_eval import envelope_f1_at, rows_from_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402

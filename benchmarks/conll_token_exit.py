@@ -22,7 +22,7 @@ import torch
 
 from adaptive_exit.app.config import load_recipe
 from adaptive_exit.app.pipeline import Pipeline
-from adaptive_exit.text.token_eval import (best_within, sentee_f1_at, sentence_level_rows, token_level_row,
+from adaptive_exit.text.tagging.token_eval import (best_within, sentee_f1_at, sentence_level_rows, token_level_row,
                                            wall_clock)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -29,7 +29,7 @@ import torch
 
 from adaptive_exit.speech.data import PairedFolder
 from adaptive_exit.speech.domain import DOMAIN
-from adaptive_exit.speech.stream import StreamingEnhancer
+from adaptive_exit.speech.streaming import StreamingEnhancer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402

@@ -79,7 +79,7 @@ def ours(model, pairs, policies: list[str], repeats: int) -> list[dict]:
 
 
 def ours_streamed(model, pairs, chunk_ms: float) -> dict:
-    from adaptive_exit.speech.stream import StreamingEnhancer
+    from adaptive_exit.speech.streaming import StreamingEnhancer
 
     outputs, seconds, latencies = [], 0.0, []
     for p in pairs:

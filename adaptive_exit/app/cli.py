@@ -172,8 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+UNSAFE_ADVICE = re.compile(r"[^.]*weights_only\s*=\s*False[^.]*\.?", re.I)
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The error as one line, without library advice to do the unsafe thing (torch suggests
+    ``weights_only=False``, which would unpickle arbitrary objects)."""
+    text = " ".join(UNSAFE_ADVICE.sub("", str(exc)).split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     return text

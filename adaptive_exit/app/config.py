@@ -20,6 +20,7 @@ import yaml
 
 from adaptive_exit.errors import AdaptiveExitError
 from adaptive_exit.fields import bounded, check_ranges
+from adaptive_exit.limits import limit
 from adaptive_exit.runtime.threads import RuntimeConfig
 from adaptive_exit.training import TrainConfig
 
@@ -69,16 +70,60 @@ class Recipe:
 
 # --------------------------------------------------------------------------- loading
 
+def quoted(value: Any) -> str:
+    """``repr(value)``, cut to the ``recipe_value_chars`` limit (errors never echo a huge value)."""
+    cap = int(limit("recipe_value_chars"))
+    text = repr(value)
+    return text if len(text) <= cap else f"{text[:cap]}... ({len(text):,} characters)"
+
+
+def expanded_size(node: yaml.Node, memo: dict[int, int] | None = None) -> int:
+    """How many values a YAML node stands for once aliases are expanded, counted on the node
+    graph without expanding it (so a billion-leaf alias bomb is measured in microseconds)."""
+    memo = {} if memo is None else memo
+    if id(node) in memo:
+        return memo[id(node)]
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
+
+
+def bounded_yaml(text: str, where: str) -> Any:
+    """Safe YAML within the recipe limits: at most ``recipe_nodes`` values after aliases are
+    expanded, duplicate keys refused."""
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size, cap = expanded_size(node), int(limit("recipe_nodes"))
+        if size > cap:
+            raise ConfigError(f"{where} holds {size:,} values once its YAML aliases are expanded, over the limit of "
+                              f"{cap:,} (limit recipe_nodes)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
+    size, cap = path.stat().st_size, int(limit("recipe_bytes"))
+    if size > cap:
+        raise ConfigError(f"{path}: {size:,} bytes, over the {cap:,}-byte limit for recipes (limit recipe_bytes)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+        data = bounded_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc})") from None
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())[:500]}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -96,7 +141,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark)
+                    None, None, f"duplicate key {quoted(key)} (first at line {seen[key].start_mark.line + 1})", key_node.start_mark)
             seen[key] = key_node
         return super().construct_mapping(node, deep)
 
@@ -108,11 +153,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
+            raise ConfigError(f"override {quoted(item)} must look like key.path=value")
         try:
-            value = _numeric(yaml.load(text, Loader=UniqueKeyLoader)) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML: {' '.join(str(exc).split())}") from None
+            value = _numeric(bounded_yaml(text, f"override {key}")) if text.strip() else ""
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise ConfigError(f"override {quoted(item)}: value is not valid YAML: {' '.join(str(exc).split())[:300]}") from None
         node = data
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -120,7 +165,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+                raise ConfigError(f"override {quoted(item)}: {'.'.join(parts[:depth + 1])} is not a section")
             node = child
         node[parts[-1]] = value
     return data
@@ -187,20 +232,20 @@ def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
                 return _check(option, value, path, where, source)
             except ConfigError:
                 continue
-        raise ConfigError(f"'{path}'{where} has a bad value {value!r}; expected {hint}")
+        raise ConfigError(f"'{path}'{where} has a bad value {quoted(value)}; expected {hint}")
     base = origin or hint
     if base is float and isinstance(value, str):
         value = _numeric(value)
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is float and isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"'{path}'{where} must be a finite number, got {value!r}")
+        raise ConfigError(f"'{path}'{where} must be a finite number, got {quoted(value)}")
     if base is bool and not isinstance(value, bool):
-        raise ConfigError(f"'{path}'{where} must be true or false, got {value!r}")
+        raise ConfigError(f"'{path}'{where} must be true or false, got {quoted(value)}")
     if base is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"'{path}'{where} must be an integer, got {value!r}")
+        raise ConfigError(f"'{path}'{where} must be an integer, got {quoted(value)}")
     if isinstance(base, type) and not isinstance(value, base):
-        raise ConfigError(f"'{path}'{where} must be {base.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"'{path}'{where} must be {base.__name__}, got {type(value).__name__} {quoted(value)}")
     return value
 
 
@@ -224,7 +269,7 @@ def import_plugins(modules: Any, source: str = "") -> None:
     if modules is None:
         return
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
-        raise ConfigError(f"'plugins'{where} must be a list of module names, got {modules!r}")
+        raise ConfigError(f"'plugins'{where} must be a list of module names, got {quoted(modules)}")
     for name in modules:
         try:
             importlib.import_module(name)

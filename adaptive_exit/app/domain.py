@@ -56,13 +56,18 @@ class Domain:
         source = str(Path(path) / "config.json")
         if meta.get("domain", self.name) != self.name:
             raise ValueError(f"{path} holds a {meta.get('domain')!r} model, not a {self.name!r} one")
-        cfg = from_dict(self.model_config, self.upgrade_config(dict(meta.get("model") or {})), "model", source)
+        cfg = self.parse_model_config(self.upgrade_config(dict(meta.get("model") or {})), source)
+        io.check_weights_fit(lambda: self.build_model(cfg, None), {k: tuple(v.shape) for k, v in weights.items()}, source)
         try:
             model = self.build_model(cfg, None)
             model.load_state_dict(weights)
         except Exception as exc:  # noqa: BLE001 - shape mismatches, missing keys, ...
             raise ValueError(f"cannot load {self.name} model from {path}: {exc}") from exc
         return model.eval(), saved_policy(meta.get("default_policy", "full"), source)
+
+    def parse_model_config(self, raw: dict, source: str = "") -> Any:
+        """The ``model:`` section as this domain's config object (unknown keys are errors)."""
+        return from_dict(self.model_config, raw, "model", source)
 
     def upgrade_config(self, saved: dict) -> dict:
         """Fill keys that older saved configs lack (override when a field's default changed)."""
@@ -185,24 +190,20 @@ def get_domain(name: str) -> Domain:
 def model_domain(folder: str | Path) -> str:
     """Which domain a saved (or exported) model folder belongs to: its config.json or
     manifest.json says; older folders are named by the run's config.yaml beside them."""
-    import json
-
     folder = Path(folder)
     for name in ("manifest.json", "config.json"):
         path = folder / name
         if path.is_file():
-            try:
-                domain = json.loads(path.read_text(encoding="utf-8")).get("domain")
-            except (ValueError, AttributeError):
-                raise ValueError(f"{path} is not valid JSON") from None
+            data = io.read_json(path)  # bounded: size, depth, duplicate keys
+            domain = data.get("domain") if isinstance(data, dict) else None
             if domain:
                 return str(domain)
     recipe = folder.parent / "config.yaml"
     if recipe.is_file():
-        import yaml
+        from adaptive_exit.app.config import load_yaml
 
-        data = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
-        if isinstance(data, dict) and data.get("domain"):
+        data = load_yaml(recipe)
+        if data.get("domain"):
             return str(data["domain"])
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder}")
@@ -218,8 +219,3 @@ def load_any_model(folder: str | Path) -> tuple[Any, ExitPolicy, Domain]:
     else:
         model, policy = domain.load_model(folder)
     return model, policy, domain
-
-
-def domain_commands() -> dict[str, Callable[[], Any]]:
-    """Extra CLI commands: name -> loader of a ``register(subparsers)`` function."""
-    return {ep.name: ep.load for ep in entry_points(group="adaptive_exit.commands")}

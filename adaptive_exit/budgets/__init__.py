@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from .calibration import Calibration, calibrate, candidate_policies, split_indices, split_trace
 from .kinds import BudgetKind, BudgetSpec, budget_kind, known_budget_kinds, register_budget_kind
-from .table import BUDGET_TABLE_FILE, BudgetTable, policy_for_request
+from .table import BUDGET_TABLE_FILE, BudgetTable, check_request_options, policy_for_request
 from .units import CostUnit, cost_unit, register_cost_unit
 
 __all__ = ["BUDGET_TABLE_FILE", "BudgetKind", "BudgetSpec", "BudgetTable", "Calibration", "CostUnit", "budget_kind",
-           "calibrate", "candidate_policies", "cost_unit", "known_budget_kinds", "policy_for_request",
+           "calibrate", "candidate_policies", "check_request_options", "cost_unit", "known_budget_kinds", "policy_for_request",
            "register_budget_kind", "register_cost_unit", "split_indices", "split_trace"]

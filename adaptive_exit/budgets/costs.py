@@ -17,7 +17,6 @@ when it exits after stage k, in a unit (``stages``, ``fraction``, ``flops``, ``m
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -153,8 +152,8 @@ class CostModel:
         self.cache: dict[str, Any] = {}
         if cache_file and os.path.exists(cache_file):
             try:
-                self.cache = json.loads(open(cache_file, encoding="utf-8").read())
-            except ValueError:
+                self.cache = io.read_json(cache_file)
+            except (ValueError, OSError):
                 self.cache = {}  # a corrupt cache is only a cache: profile again
             if not isinstance(self.cache, dict):
                 self.cache = {}
@@ -172,8 +171,8 @@ class CostModel:
                 on_disk = {}
                 if os.path.exists(self.cache_file):
                     try:
-                        on_disk = json.loads(open(self.cache_file, encoding="utf-8").read())
-                    except ValueError:
+                        on_disk = io.read_json(self.cache_file)
+                    except (ValueError, OSError):
                         on_disk = {}
                 io.write_json(self.cache_file, {**(on_disk if isinstance(on_disk, dict) else {}), key: value})
 

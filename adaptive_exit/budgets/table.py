@@ -82,6 +82,20 @@ class BudgetTable:
         return table
 
 
+def check_request_options(policy: str | None, budget: str | None) -> None:
+    """Parse a command's ``--policy`` / ``--budget`` (errors name the option)."""
+    try:
+        if policy:
+            build_policy(policy)
+    except ValueError as exc:
+        raise ValueError(f"--policy {policy}: {exc}") from None
+    try:
+        if budget:
+            BudgetSpec.parse(budget)
+    except ValueError as exc:
+        raise ValueError(f"--budget {budget}: {exc}") from None
+
+
 def policy_for_request(model_dir: str | Path, default: ExitPolicy, policy: str | None = None,
                        budget: str | None = None) -> ExitPolicy:
     """What a command runs: ``policy`` if given, else the model's budget table's choice

@@ -16,7 +16,6 @@ manifests and runs them. Graphs have dynamic batch and length axes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -79,10 +78,12 @@ class Manifest:
         if not path.is_file():
             raise FileNotFoundError(f"not an exported model folder: {path} is missing (run adaptive-exit export)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = io.read_json(path)
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-            graph = lambda d: GraphSpec(d["file"], list(d["inputs"]), list(d["outputs"]),  # noqa: E731
+            graph = lambda d: GraphSpec(confined_name(d["file"]), list(d["inputs"]), list(d["outputs"]),  # noqa: E731
                                         list(d.get("graph_outputs") or d["outputs"]))
             return cls(data["domain"], int(data["num_stages"]), [float(c) for c in data["stage_costs"]],
                        list(data["batch_inputs"]), graph(data["begin"]), [graph(s) for s in data["stages"]],
@@ -91,6 +92,14 @@ class Manifest:
                        dict(data.get("input_defaults", {})))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: not a valid export manifest ({exc})") from None
+
+
+def confined_name(file: object) -> str:
+    """A graph file named by a manifest: a plain file name inside the exported folder (no
+    absolute path, no folder, no ``..``), so a crafted manifest cannot reach other files."""
+    if not isinstance(file, str) or not file or Path(file).name != file or file in (".", "..") or "\\" in file:
+        raise ValueError(f"graph file {str(file)[:100]!r} is not a file name inside the exported folder")
+    return file
 
 
 def export_graph(module: nn.Module, args: Sequence[Tensor], path: Path, input_names: list[str], output_names: list[str],

@@ -49,7 +49,13 @@ class ServeAdapter:
 
     path = "/predict"
     content_types: tuple[str, ...] = ("application/json",)
-    max_request_bytes = 1 << 20
+    limit_name = "request_bytes_text"  # the limit (adaptive_exit.limits) on this endpoint's request bodies
+
+    @property
+    def max_request_bytes(self) -> int:
+        from adaptive_exit.limits import limit
+
+        return int(limit(self.limit_name))
 
     def parse(self, body: bytes, content_type: str) -> list[Any]:
         """The request's items (raise RequestError for bad input)."""
@@ -293,6 +299,27 @@ class BatchingServer:
         return results
 
 
+class ClientDisconnect(Exception):
+    """The client went away mid-body (nothing to answer)."""
+
+
+async def read_bounded(request: Any, limit: int) -> bytes:
+    """The request body, counted while it streams in: a chunked upload over ``limit`` is
+    refused as soon as it passes it (memory stays flat), whatever Content-Length said."""
+    from starlette.requests import ClientDisconnect as StarletteDisconnect
+
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"request body over the limit of {limit} bytes", 413)
+            chunks.append(chunk)
+    except StarletteDisconnect:
+        raise ClientDisconnect() from None
+    return b"".join(chunks)
+
+
 def create_app(server: BatchingServer):
     """The FastAPI application around a :class:`BatchingServer`."""
     from fastapi import FastAPI, Request
@@ -307,6 +334,13 @@ def create_app(server: BatchingServer):
     app = FastAPI(title="adaptive-exit", description="Early-exit inference with a latency-aware budget",
                   lifespan=lifespan)
     adapter = server.adapter
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not the client's fault: one log line (no traceback) and a 500 that says so."""
+        logger.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__,
+                     " ".join(str(exc).split())[:300])
+        return error(500, "internal error; the server log has one line about it")
 
     def error(status: int, message: str) -> JSONResponse:
         with server.metrics.lock:
@@ -326,12 +360,17 @@ def create_app(server: BatchingServer):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in adapter.content_types:
             return error(415, f"content type {content_type or 'missing'!r} is not accepted; send {' or '.join(adapter.content_types)}")
+        limit = adapter.max_request_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > adapter.max_request_bytes:
-            return error(413, f"request of {declared} bytes is over the limit of {adapter.max_request_bytes}")
-        body = await request.body()
-        if len(body) > adapter.max_request_bytes:
-            return error(413, f"request of {len(body)} bytes is over the limit of {adapter.max_request_bytes}")
+        if declared and declared.strip().isdigit() and int(declared) > limit:
+            return error(413, f"request of {declared} bytes is over the limit of {limit} (limit {adapter.limit_name})")
+        try:
+            body = await read_bounded(request, limit)
+        except RequestError as exc:
+            return error(exc.status, f"{exc} (limit {adapter.limit_name})" if exc.status == 413 else str(exc))
+        except ClientDisconnect:
+            logger.info("client disconnected before the request body was complete")
+            return error(400, "the request body ended early")
         try:
             items = adapter.parse(body, content_type)
             with server.metrics.lock:

@@ -111,11 +111,12 @@ def number_arg(value: Any, what: str) -> float:
     return number
 
 
-def integer_arg(value: Any, what: str, minimum: int) -> int:
+def integer_arg(value: Any, what: str, minimum: int, maximum: int = 1_000_000) -> int:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ValueError(f"{what} must be an integer in {minimum}..{maximum:,}, got {shown}")
     return value
 
 

@@ -10,7 +10,7 @@ _EXPORTS = {
     "data": ["MixtureDataset", "PairedFolder", "SpeechCollator", "SyntheticDataset", "synthetic_speech"],
     "enhance": ["enhance_waveform"],
     "metrics": ["score", "si_sdr"],
-    "model": ["EnhancerConfig", "ProgressiveEnhancer"],
+    "models": ["EnhancerConfig", "ProgressiveEnhancer", "build_enhancer", "enhancer_config"],
     "stft": ["STFT"],
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

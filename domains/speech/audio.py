@@ -1,6 +1,7 @@
 """Audio input with clear errors: mono float32 at 16 kHz, or a ValueError that names the file.
 
-Stereo (or more channels) is downmixed to mono by averaging the channels. Other
+Stereo (or more channels) is downmixed to mono by averaging the channels (``enhance``
+reports it per file). Headers are checked before decoding (:func:`check_header`). Other
 sample rates are resampled with librosa (soxr). Empty, silent-only-by-NaN, or
 non-audio files are rejected with the reason.
 """
@@ -32,6 +33,33 @@ def check_audio(audio: np.ndarray, where: str) -> np.ndarray:
     return audio
 
 
+def check_header(where: str, samplerate: int, frames: int, seconds_limit: str = "audio_seconds") -> None:
+    """Refuse what a header claims before anything is decoded: implausible sample rates
+    (limits ``sample_rate_min``/``sample_rate_max``) and more audio than ``max_seconds``
+    (the ``seconds_limit`` limit), so a 16 kB file claiming 1 Hz costs nothing."""
+    from adaptive_exit.limits import limit
+
+    low, high = limit("sample_rate_min"), limit("sample_rate_max")
+    if not low <= samplerate <= high:
+        raise ValueError(f"{where}: sample rate {samplerate} Hz is outside {low:g}..{high:g} Hz "
+                         "(limits sample_rate_min/sample_rate_max)")
+    cap = limit(seconds_limit)
+    if frames / samplerate > cap:
+        raise ValueError(f"{where}: {frames / samplerate:.1f} s of audio is over the {cap:g} s limit (limit {seconds_limit})")
+
+
+def audio_header(path: str | os.PathLike):
+    """The file's header (``soundfile.info``), checked by :func:`check_header`."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, ...
+        raise ValueError(f"{path}: not a readable audio file ({exc})") from None
+    check_header(str(path), info.samplerate, info.frames)
+    return info
+
+
 def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
     """Read a file as mono float32 at ``target_sr``."""
     return read_audio(path, target_sr)[0]
@@ -45,6 +73,7 @@ def read_audio(path: str | os.PathLike, target_sr: int | None = SAMPLE_RATE) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    audio_header(path)
     try:
         audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, ...
@@ -72,14 +101,9 @@ def save_audio(path: str | os.PathLike, audio: np.ndarray, sr: int = SAMPLE_RATE
 
 
 def audio_seconds(path: str | os.PathLike) -> float:
-    """A file's duration from its header (nothing is decoded)."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as exc:  # noqa: BLE001 - soundfile raises LibsndfileError, RuntimeError, ...
-        raise ValueError(f"{path}: not a readable audio file ({exc})") from None
-    return info.frames / info.samplerate if info.samplerate else 0.0
+    """A file's duration from its (checked) header; nothing is decoded."""
+    info = audio_header(path)
+    return info.frames / info.samplerate
 
 
 def is_float_file(path: str | os.PathLike) -> bool:

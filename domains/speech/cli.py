@@ -67,16 +67,19 @@ def run(args: argparse.Namespace) -> int:
     each rank writes its own WAVs, and the main process prints all records in order."""
     from tqdm.auto import tqdm
 
-    from adaptive_exit.budgets import policy_for_request
+    from adaptive_exit.budgets import check_request_options, policy_for_request
     from adaptive_exit.runtime.distributed import current_shard, map_ordered
     from adaptive_exit.runtime.runner import EarlyExitRunner
+    from adaptive_exit.runtime.staged import StreamingModel
     from adaptive_exit.runtime.threads import progress_enabled
 
     from adaptive_exit.app.domain import load_any_model
 
-    from .audio import audio_seconds, is_float_file, list_audio, read_audio, save_audio
+    from adaptive_exit import io
+
+    from .audio import audio_header, is_float_file, list_audio, read_audio, save_audio
     from .enhance import enhance_recording
-    from .stream import stream_file
+    from .streaming import stream_file
 
     source, out_dir = Path(args.input), Path(args.output)
     if not source.exists():
@@ -97,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
         from . import pretrained
 
         args.model = str(pretrained.path())
+    check_request_options(args.policy, args.budget)  # a bad --policy/--budget fails before the model loads
     model, default_policy, _ = load_any_model(args.model)  # a saved model, or an exported (onnxruntime) one
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
 
-    streams = hasattr(model, "encode")  # causal dual-path models carry per-layer state across chunks
+    streams = isinstance(model, StreamingModel)  # causal models carry their state across chunks
 
     def enhance(path: Path) -> dict:
         record: dict = {"input": str(path)}
@@ -108,15 +112,20 @@ def run(args: argparse.Namespace) -> int:
         try:
             if target.exists() and not args.overwrite:
                 raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+            io.remove_stale_temporaries(target.parent, target.name)  # left by an earlier run that was killed
             subtype = "FLOAT" if is_float_file(path) else "PCM_16"
-            duration = audio_seconds(path)
+            info = audio_header(path)
+            duration = info.frames / info.samplerate
             if streams and (args.stream or duration > args.max_offline_seconds):
                 record.update(_streamed(path, target, subtype))
             else:
                 if args.stream:
                     raise ValueError(f"--stream needs a causal PyTorch model with per-layer state (architecture: "
-                                     f"dual-path); {args.model} does not stream")
+                                     f"dual-path or dprnn); {args.model} does not stream")
                 record.update(_offline(path, target, subtype))
+            if info.channels > 1:
+                record["channels"] = info.channels
+                record["note"] = f"{info.channels} channels were averaged to one (the output is mono)"
         except (ValueError, OSError, RuntimeError) as exc:  # this file fails; the others are still enhanced
             record["error"] = " ".join(str(exc).split())
         return record

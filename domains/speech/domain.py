@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +22,7 @@ from .channel import ChannelAugment
 from .data import MixtureDataset, PairedFolder, SpeechCollator, SyntheticDataset
 from .losses import ConvergentObjective, SpectralLoss, intermediate_targets, stage_target_batch
 from .metrics import score
-from .model import EnhancerConfig, ProgressiveEnhancer, build_enhancer
+from .models import EnhancerConfig, architectures, build_enhancer, config_class, network_settings
 from .stft import STFT
 
 logger = logging.getLogger(__name__)
@@ -85,10 +85,6 @@ def data_root(cfg: SpeechDataConfig) -> Path:
     return Path(cfg.data_dir or os.environ.get("ADAPTIVE_EXIT_DATA", str(Path("..") / "shared" / "data")))
 
 
-# Settings that shape training, not the network: init_from may change them.
-TRAINING_ONLY = ("init_from", "loss_alpha", "si_sdr_weight", "change_weight", "target_snr_step_db")
-
-
 class SpeechDomain(Domain):
     name = "speech"
     model_config = EnhancerConfig
@@ -100,8 +96,7 @@ class SpeechDomain(Domain):
         model = build_enhancer(model_cfg)
         if model_cfg.init_from and data_cfg is not None:
             saved, _ = self.load_model(model_cfg.init_from)
-            ours = {k: v for k, v in asdict(model_cfg).items() if k not in TRAINING_ONLY}
-            theirs = {k: v for k, v in asdict(saved.config).items() if k not in TRAINING_ONLY}
+            ours, theirs = network_settings(model_cfg), network_settings(saved.config)
             different = sorted(k for k in ours if ours[k] != theirs.get(k))
             if different:
                 raise ValueError(f"model.init_from {model_cfg.init_from}: its model differs in {different} "
@@ -110,9 +105,24 @@ class SpeechDomain(Domain):
             logger.info("model weights from %s", model_cfg.init_from)
         return model
 
+    def parse_model_config(self, raw: dict, source: str = "") -> EnhancerConfig:
+        """The config class of ``raw["architecture"]`` (default dual-path) with its own keys."""
+        from adaptive_exit.app.config import ConfigError, from_dict
+
+        architecture = raw.get("architecture", "dual-path")
+        try:
+            cls = config_class(architecture)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}{f' in {source}' if source else ''}") from None
+        return from_dict(cls, raw, "model", source)
+
     def upgrade_config(self, saved: dict) -> dict:
-        # folders saved before `output` existed used plain mapping, before `architecture` the stage-recurrent model
-        return {"output": "mapping", "architecture": "stage-recurrent", **saved}
+        """Folders saved before ``output`` existed used plain mapping, before ``architecture``
+        the stage-recurrent model; before each architecture had its own config, every
+        folder carried every architecture's keys (the ones not its own are dropped)."""
+        saved = {"output": "mapping", "architecture": "stage-recurrent", **saved}
+        own = {f.name for f in fields(config_class(saved["architecture"]))} if saved["architecture"] in architectures() else None
+        return saved if own is None else {k: v for k, v in saved.items() if k in own}
 
     def export_onnx(self, model, folder, policy, source=None):
         from .export import export_speech
@@ -134,7 +144,8 @@ class SpeechDomain(Domain):
     def load_exported(self, folder):
         """The exported enhancer with its STFT and sample rate, so :func:`enhance_waveform` runs it."""
         model, policy = super().load_exported(folder)
-        config = EnhancerConfig(**model.manifest.extra["config"])
+        config = self.parse_model_config(self.upgrade_config(dict(model.manifest.extra["config"])),
+                                         str(Path(folder) / "manifest.json"))
         model.config, model.stft, model.sample_rate = config, STFT(compress=config.compress), model.manifest.extra["sample_rate"]
         return model, policy
 
@@ -176,7 +187,7 @@ class SpeechDomain(Domain):
 
     # -- training / evaluation
     def objective(self, train_cfg, model: nn.Module | None = None):
-        cfg = model.config if model is not None else EnhancerConfig()
+        cfg = model.config if model is not None else config_class("dual-path")()
         loss = SpectralLoss(cfg.loss_alpha, cfg.si_sdr_weight, cfg.compress)
         return ConvergentObjective(loss, train_cfg.scheme, train_cfg.exit_weights, train_cfg.distill_temperature,
                                    exit_batch=stage_target_batch, change_weight=cfg.change_weight,
@@ -217,7 +228,7 @@ class SpeechDomain(Domain):
         return {"noisy_input": noisy, "unscored_utterances": failed, "num_utterances": len(rows), "audio_seconds": seconds}
 
 
-def load_speech_model(path: str | Path) -> tuple[ProgressiveEnhancer, ExitPolicy]:
+def load_speech_model(path: str | Path) -> tuple[nn.Module, ExitPolicy]:
     """A saved speech model (eval mode) and its default policy."""
     return DOMAIN.load_model(path)
 

@@ -11,15 +11,14 @@ import torch
 
 from adaptive_exit.deploy.serving import RequestError, ServeAdapter
 
-from .audio import check_audio, resample
+from .audio import check_audio, check_header, resample
 from .enhance import back_to_rate, padded_length, spectra, waveform
 
 
 class SpeechServeAdapter(ServeAdapter):
     path = "/enhance"
     content_types = ("audio/wav", "audio/x-wav", "audio/wave", "audio/flac", "audio/ogg", "application/octet-stream")
-    max_request_bytes = 20 << 20
-    max_seconds = 120.0
+    limit_name = "request_bytes_audio"
 
     def __init__(self, model: Any):
         self.model = model
@@ -28,12 +27,18 @@ class SpeechServeAdapter(ServeAdapter):
         import soundfile as sf
 
         try:
+            info = sf.info(io.BytesIO(body))
+        except Exception as exc:  # noqa: BLE001 - libsndfile's own error types
+            raise RequestError(f"the body is not a readable audio file ({' '.join(str(exc).split())})") from None
+        try:
+            check_header("the request", info.samplerate, info.frames, "request_audio_seconds")
+        except ValueError as exc:
+            raise RequestError(str(exc), 413 if "limit request_audio_seconds" in str(exc) else 400) from None
+        try:
             audio, sr = sf.read(io.BytesIO(body), dtype="float32", always_2d=True)
         except Exception as exc:  # noqa: BLE001 - libsndfile's own error types
-            raise RequestError(f"the body is not a readable audio file ({exc})") from None
+            raise RequestError(f"the body is not a readable audio file ({' '.join(str(exc).split())})") from None
         audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-        if len(audio) > self.max_seconds * sr:
-            raise RequestError(f"{len(audio) / sr:.1f} s of audio; at most {self.max_seconds:g} s per request", 413)
         try:
             check_audio(audio, "the request")
         except ValueError as exc:

@@ -63,6 +63,11 @@ Job = Union[dict, list]  # an error record, or a batch of (line number, example)
 def parse_line(text: str, number: int, tagger: bool) -> dict:
     """An example from one input line; ValueError (naming the line) for empty text or
     more than two tab-separated fields."""
+    from adaptive_exit.limits import limit
+
+    cap = int(limit("text_chars"))
+    if len(text) > cap:
+        raise ValueError(f"line {number}: {len(text):,} characters; at most {cap:,} per line (limit text_chars)")
     if tagger:  # words, not sentence pairs: a tab is whitespace
         text = text.replace("\t", " ")
     fields = text.split("\t")
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     across processes and the main process prints every line in input order."""
     import torch
 
-    from adaptive_exit.budgets import policy_for_request
+    from adaptive_exit.budgets import check_request_options, policy_for_request
     from adaptive_exit.runtime.distributed import map_ordered
     from adaptive_exit.app.domain import load_any_model
     from adaptive_exit.app.inputs import LineSource
@@ -115,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     source = LineSource(args.input)  # a missing file or a folder fails before the model loads
+    check_request_options(args.policy, args.budget)  # a bad --policy/--budget fails before the model loads
     model, default_policy, _ = load_any_model(args.model)  # a saved model, or an exported (onnxruntime) one
     runner = EarlyExitRunner(model, policy_for_request(args.model, default_policy, args.policy, args.budget))
     tagger = model.config.task == "token-classification"
@@ -165,8 +171,8 @@ def tag(model, runner, token_exit: tuple[float, int] | None, job: list) -> list[
     sentence exits under the runner's policy, or each token on its own (TOKEE)."""
     import torch
 
-    from .conll import TokenCollator, tags_from_logits
-    from .tokee import token_exit as run_token_exit
+    from .tagging.conll import TokenCollator, tags_from_logits
+    from .tagging.tokee import token_exit as run_token_exit
 
     names = model.config.label_names
     sentences = [{"words": example["text"].split()} for _, example in job]
@@ -223,7 +229,7 @@ def run_self_sample(args: argparse.Namespace) -> int:
     from adaptive_exit.app.config import from_dict, load_recipe, save_resolved
     from adaptive_exit.app.domain import get_domain
 
-    from .self_sampling import SelfSamplingConfig, self_sampling_finetune
+    from .tagging.self_sampling import SelfSamplingConfig, self_sampling_finetune
 
     model_dir, output = Path(args.model), Path(args.output)
     recipe_path = model_dir.parent / "config.yaml"

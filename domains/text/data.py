@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .conll import CONLL2003_TAGS
+from .tagging.conll import CONLL2003_TAGS
 
 KINDS = ("classification", "regression", "token-classification")
 FORMATS = ("csv", "tsv", "jsonl")
@@ -73,13 +73,6 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown text task {name!r}; built in: {sorted(TASKS)}, or declare your own with "
-                         f"data.task: classification|regression and data.files")
-    return TASKS[name]
-
-
 def table_format(path: Path, declared: str = "auto") -> str:
     if declared != "auto":
         if declared not in FORMATS:
@@ -94,6 +87,15 @@ def table_format(path: Path, declared: str = "auto") -> str:
 
 def _rows(path: Path, fmt: str, column_names: Sequence[str] | None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, {column: value}) for every data row; errors name the line."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}); "
+                         "save the file as UTF-8") from None
+    del raw
     with path.open(encoding="utf-8-sig", newline="") as handle:
         if fmt == "jsonl":
             for number, line in enumerate(handle, start=1):

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from adaptive_exit import io
@@ -18,14 +17,15 @@ from adaptive_exit.fields import bounded
 from adaptive_exit.training.losses import MultiExitObjective
 from adaptive_exit.policies import ExitPolicy, build_policy
 
-from .conll import IGNORE, TokenCollator, read_conll
-from .hub import load_tokenizer, refuse_custom_code
-from .data import KINDS, TASKS, TaskSpec, TextCollator, infer_label_names, load_hf_split, read_table
+from .tagging.conll import IGNORE
+from .hub import CustomCodeRefused, load_tokenizer, refuse_custom_code
+from .kinds import kind
+from .data import KINDS, TASKS, TaskSpec, load_hf_split
 from .modeling import EarlyExitConfig, EarlyExitForSequenceClassification
-from .token_metrics import register_conll_metrics
+from .tagging.token_metrics import register_conll_metrics
 from .token_reduction import TokenReductionConfig
-from .token_reduction_training import TokenReductionTrainConfig
-from .token_model import EarlyExitForTokenClassification, certain_logits
+from .token_reduction.training import TokenReductionTrainConfig
+from .tagging.token_model import EarlyExitForTokenClassification
 
 logger = logging.getLogger(__name__)
 
@@ -137,30 +137,13 @@ class TextDomain(Domain):
             return self._from_saved(model_cfg, task)
         path = resolve_model_path(model_cfg.name_or_path)
         if model_cfg.from_classifier:
-            if task.kind == "token-classification":
-                raise ValueError("model.from_classifier converts sequence classifiers; this task is token classification")
-            model = EarlyExitForSequenceClassification.from_classifier(
-                path, head_style=model_cfg.head_style, exit_dropout=model_cfg.exit_dropout,
-                max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
-                token_reduction=model_cfg.token_reduction)
+            model = kind(task.kind).from_classifier(path, model_cfg)
             if model.config.task != task.kind:
                 raise ValueError(f"{model_cfg.name_or_path} is a {model.config.task} model but data.task is {task.kind}")
             model.tokenizer = load_tokenizer(path)
             return model
         labels = list(self.label_names(data_cfg)) if task.kind != "regression" else None
-        if task.kind == "token-classification":
-            model = EarlyExitForTokenClassification.from_backbone(
-                path, label_names=labels, exit_dropout=model_cfg.exit_dropout,
-                max_seq_length=model_cfg.max_seq_length,
-            )
-        else:
-            model = EarlyExitForSequenceClassification.from_backbone(
-                path, num_labels=len(labels) if labels else 1, task=task.kind, head_style=model_cfg.head_style,
-                exit_dropout=model_cfg.exit_dropout, max_seq_length=model_cfg.max_seq_length, pooling=model_cfg.pooling,
-                label_names=labels, token_reduction=model_cfg.token_reduction,
-            )
-            if model.reducer is not None and model_cfg.token_reduction_training is not None:
-                model.reducer.mode = "off"  # the exits train on every token first; token_reduction_training follows
+        model = kind(task.kind).from_backbone(path, labels, model_cfg)
         model.tokenizer = load_tokenizer(path)
         return model
 
@@ -174,7 +157,7 @@ class TextDomain(Domain):
             return saved
         config = saved.config
         config.token_reduction = dict(model_cfg.token_reduction)
-        model = type(saved)(config, backbone=saved.backbone if not getattr(saved, "converted", False) else None,
+        model = kind(config.task).model_class(config)(config, backbone=saved.backbone if not getattr(saved, "converted", False) else None,
                             **({"classifier": saved.original} if getattr(saved, "converted", False) else {}))
         missing, unexpected = model.load_state_dict(saved.state_dict(), strict=False)
         if unexpected or any(not name.startswith("reducer.") for name in missing):
@@ -201,8 +184,9 @@ class TextDomain(Domain):
         return export_text(model, Path(folder), build_policy(policy).spec(), source)
 
     def serve_adapter(self, model):
-        if model.config.task == "token-classification":
-            raise ValueError("serve answers sequence classification and regression; this model tags tokens")
+        refusal = kind(model.config.task).serve_refusal
+        if refusal:
+            raise ValueError(refusal)
         from .serve import TextServeAdapter
 
         return TextServeAdapter(model)
@@ -221,14 +205,11 @@ class TextDomain(Domain):
                                        max_seq_length=extra["max_seq_length"])
         return model, policy
 
-    def set_default_policy(self, path: str | Path, policy: ExitPolicy | str) -> None:
-        io.update_json(Path(path) / "config.json", default_policy=build_policy(policy).spec())
-
     def post_train(self, model, train_data, collate, model_cfg: TextModelConfig, run_dir: Path) -> bool:
         """Token reduction's own training phases (TR-BERT: policy, then joint; LTP: soft, then hard)."""
         if model_cfg.token_reduction_training is None:
             return False
-        from .token_reduction_training import train_token_reduction
+        from .token_reduction.training import train_token_reduction
 
         cfg = TokenReductionTrainConfig(**model_cfg.token_reduction_training)
         logger.info("training token reduction (%s)", model.reducer.cfg.method)
@@ -242,10 +223,7 @@ class TextDomain(Domain):
         task = task_spec(data_cfg)
         if task.labels:
             return task.labels
-        examples = self._examples(data_cfg, task, "train")
-        if task.kind == "token-classification":
-            return tuple(sorted({tag for e in examples for tag in e["tags"]}, key=lambda t: (t != "O", t)))
-        return infer_label_names(examples)
+        return kind(task.kind).labels(self._examples(data_cfg, task, "train"))
 
     def _examples(self, data_cfg: TextDataConfig, task: TaskSpec, split: str) -> list:
         key = (task, data_cfg.data_dir, data_cfg.hf_dataset, split)
@@ -257,11 +235,7 @@ class TextDomain(Domain):
                     folder = Path(expand_data_path(data_cfg.data_dir))
                 else:  # built-in tasks live in the shared data folder; declared files are relative to the working directory
                     folder = Path(default_data_dir()) / task.folder if data_cfg.task in TASKS else Path(".")
-                if task.kind == "token-classification":
-                    examples = read_conll(conll_file(folder, split) if not task.files else folder / task.file_for(split),
-                                          task.labels or None)
-                else:
-                    examples = read_table(folder / task.file_for(split), task, require_labels=split in ("train", "dev"))
+                examples = kind(task.kind).read(folder, task, split, conll_file)
             self._split_cache[key] = examples
         return self._split_cache[key]
 
@@ -282,10 +256,7 @@ class TextDomain(Domain):
         return len(sample["text"]) + len(sample.get("text_pair") or "")
 
     def collate(self, model: nn.Module, samples: list[Any]) -> Any:
-        if model.config.task == "token-classification":
-            return TokenCollator(model.tokenizer, model.config.label_names, model.config.max_seq_length)(samples)
-        return TextCollator(model.tokenizer, model.config.max_seq_length, model.config.task == "regression",
-                            model.config.label_names)(samples)
+        return kind(model.config.task).collator(model)(samples)
 
     # -- training / evaluation
     def objective(self, train_cfg, model: nn.Module | None = None) -> MultiExitObjective:
@@ -301,11 +272,7 @@ class TextDomain(Domain):
         return batch["attention_mask"].sum(1)
 
     def trace_pad_value(self, model: nn.Module | None = None) -> float | Tensor:
-        """Token tags of shorter batches are padded as certain, constant positions, so
-        replayed sentence-level policies see them as the runner sees its padding."""
-        if model is not None and model.config.task == "token-classification":
-            return certain_logits(model.config.num_labels, torch.zeros(()))
-        return 0.0
+        return 0.0 if model is None else kind(model.config.task).trace_pad_value(model)
 
     def target_pad_value(self) -> float:
         return IGNORE
@@ -337,14 +304,24 @@ def load_text_model(path: str | Path) -> tuple[EarlyExitForSequenceClassificatio
         raise FileNotFoundError(f"model file missing: {path / 'config.json'} (is {path} a saved adaptive-exit text model?)")
     follow_progress_setting()
     refuse_custom_code(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"model file missing: {weights} (weights are read from safetensors only; pickle files "
+                                "such as pytorch_model.bin are never loaded)")
+    shapes = io.safetensors_shapes(weights)
     try:
         config = EarlyExitConfig.from_pretrained(path)
-        model_class = (EarlyExitForTokenClassification if config.task == "token-classification"
-                       else EarlyExitForSequenceClassification)
-        model = model_class.from_pretrained(path)
+        model_class = kind(config.task).model_class(config)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"cannot load text model from {path}: {' '.join(str(exc).split())[:300]}") from None
+    io.check_weights_fit(lambda: model_class(config), shapes, str(path / "config.json"))
+    try:
+        model = model_class.from_pretrained(path, use_safetensors=True)
         model.tokenizer = load_tokenizer(path)
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise ValueError(f"cannot load text model from {path}: {exc}") from exc
+    except CustomCodeRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated weights, bad tokenizer files, ...: the folder is at fault
+        raise ValueError(f"cannot load text model from {path}: {' '.join(str(exc).split())[:300]}") from None
     return model.eval(), model.policy
 
 

@@ -62,9 +62,11 @@ def check_config_dict(config: dict, source: str) -> None:
         raise CustomCodeRefused(f"{source}: key {key!r} asks to run Python code; adaptive-exit never runs a model's own code")
 
 
-def _safe(loader, name_or_path: str | Path, **kwargs):
+def _safe(loader, name_or_path: str | Path, weights: bool = False, **kwargs):
     refuse_custom_code(name_or_path)
     try:
+        if weights:  # pickle checkpoints (pytorch_model.bin) are never loaded
+            kwargs["use_safetensors"] = True
         return loader.from_pretrained(str(name_or_path), trust_remote_code=False, **kwargs)
     except ValueError as exc:
         if "custom code" in str(exc) or "trust_remote_code" in str(exc):
@@ -82,13 +84,13 @@ def load_config(name_or_path: str | Path, **kwargs):
 def load_backbone(name_or_path: str | Path, **kwargs):
     from transformers import AutoModel
 
-    return _safe(AutoModel, name_or_path, **kwargs)
+    return _safe(AutoModel, name_or_path, weights=True, **kwargs)
 
 
 def load_sequence_classifier(name_or_path: str | Path, **kwargs):
     from transformers import AutoModelForSequenceClassification
 
-    return _safe(AutoModelForSequenceClassification, name_or_path, **kwargs)
+    return _safe(AutoModelForSequenceClassification, name_or_path, weights=True, **kwargs)
 
 
 def load_tokenizer(name_or_path: str | Path, **kwargs):

@@ -27,14 +27,13 @@ from transformers.utils import ModelOutput
 from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
 from adaptive_exit.runtime.runner import EarlyExitRunner
-from adaptive_exit.runtime.staged import all_exit_outputs
+from adaptive_exit.runtime.staged import all_exit_outputs, select_rows
 from adaptive_exit.runtime.traces import Trace, replay
 
-from adaptive_exit.runtime.staged import select_rows
-
-from .hub import build_from_config_dict, load_backbone, load_sequence_classifier
 from .encoder import ENCODER_INPUTS, Captured, LayerwiseEncoder
-from .token_reduction import TokenReducer, TokenReductionConfig, gather_rows, pack
+from .hub import build_from_config_dict, load_backbone, load_sequence_classifier
+from .token_reduction.mixin import TokenReduction
+from .token_reduction.reducer import TokenReductionConfig
 
 HEAD_STYLES = ("pabee", "deebert")
 TASKS = ("classification", "regression", "token-classification")  # token: see token_model.py
@@ -153,28 +152,20 @@ class EncoderStages:
         self._policy = build_policy(policy)
         self.config.default_policy = self._policy.spec()
 
+    #: per-row state a subclass adds (key -> "rows", or "columns": rows, then trimmed to the
+    #: kept width like the tokens); ``select_rows`` selects exactly these and refuses any
+    #: other tensor it finds, so a feature cannot add state that compaction forgets
+    row_state: dict[str, str] = {}
+    _BASE_STATE = ("hidden", "mask2d", "captured", "embeddings")
+
     def begin(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         """The backbone's own forward prepares the embeddings and each layer's arguments."""
         captured = self.adapter.capture({k: batch[k] for k in ENCODER_INPUTS if k in batch})
-        state = {"hidden": captured.hidden, "mask2d": batch["attention_mask"], "captured": captured,
-                 "embeddings": captured.hidden}
-        if self.reducer is not None:
-            mask2d = batch["attention_mask"]
-            positions = batch.get("position_ids")
-            if positions is None:
-                positions = torch.arange(mask2d.shape[1], device=mask2d.device)[None, :].expand_as(mask2d)
-            state.update(positions=positions, original_counts=mask2d.sum(1), kept_fractions=[],
-                         select_nll=torch.zeros(mask2d.shape[0], device=mask2d.device), soft_masks=[])
-        return state
+        return {"hidden": captured.hidden, "mask2d": batch["attention_mask"], "captured": captured,
+                "embeddings": captured.hidden}
 
     def run_stage(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
-        if self.reducer is not None and self.reducer.mode != "off" and k in self.reducer.layers:
-            state = select_tokens(self, k, state)
-        if self.reducer is not None and self.reducer.cfg.method == "ltp" and k + 1 in self.reducer.layers:
-            state["layer_input"] = state["hidden"]  # LTP scores tokens by the attention they get in this layer
         state["hidden"] = self.adapter.run_layer(k, state["hidden"], state["captured"], state)
-        if state.get("soft_mask") is not None:
-            state["hidden"] = state["hidden"] * state["soft_mask"].unsqueeze(-1)
         return state
 
     def exit_hidden(self, state: dict[str, Any]) -> Tensor:
@@ -203,13 +194,19 @@ class EncoderStages:
             captured = Captured(hidden, fresh.calls, fresh.inputs)
         else:
             captured = self.adapter.select(captured, keep)
-        reduced = {name: select_rows(state[name], keep) for name in ("positions", "original_counts", "select_nll",
-                                                                      "kept_fractions", "soft_masks", "soft_mask", "importance")
-                   if state.get(name) is not None}
-        if "positions" in reduced:
-            reduced["positions"] = reduced["positions"][:, :width]
-        if state.get("layer_input") is not None:  # LTP scores the next selection on the previous layer's input
-            reduced["layer_input"] = state["layer_input"].index_select(0, keep)[:, :width]
+        reduced = {}
+        for name, value in state.items():
+            if name in self._BASE_STATE or value is None:
+                continue
+            how = self.row_state.get(name)
+            if how is None:
+                if isinstance(value, (Tensor, list, tuple)):
+                    raise TypeError(f"{type(self).__name__}: state {name!r} is not declared in row_state, so compaction "
+                                    "would not select its rows")
+                continue
+            reduced[name] = select_rows(value, keep)
+            if how == "columns":
+                reduced[name] = reduced[name][:, :width]
         return {**state, **reduced, "hidden": hidden, "mask2d": mask2d, "captured": captured, "embeddings": None}
 
     def stage_cost(self, k: int) -> float:
@@ -252,6 +249,11 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
     the earlier layers get new exits.
     """
 
+    def __new__(cls, config: EarlyExitConfig, *args, **kwargs):
+        # a config with token reduction always builds the token-reducing class (direct calls,
+        # from_pretrained of a saved folder, from_backbone/from_classifier alike)
+        return super().__new__(classifier_class(config, cls))
+
     def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None, classifier: nn.Module | None = None):
         super().__init__(config)
         converted = bool(config.classifier)
@@ -272,34 +274,11 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
             final = ExitPooler(hidden, dense, config.pooling)
             self.poolers = nn.ModuleList(copy.deepcopy(final) for _ in range(num_new))
         self._attach_exits(config, hidden, num_new)
-        if config.token_reduction is not None:
-            self.reducer = TokenReducer(TokenReductionConfig(**config.token_reduction), hidden, self.num_stages)
-            self.sample_cost, self.reference_cost = self._sample_cost, self._reference_cost  # costs follow kept tokens
+        self._attach_reducer(config, hidden)
         self.post_init()
 
-    # ------------------------------------------------------------------ token reduction costs
-
-    def _sample_cost(self, k: int, state: dict[str, Any]) -> Tensor:
-        """Each row's FLOPs for stage k: the layer and its exit on the tokens the row has
-        now, plus choosing them at a selection point (counted once per layer, exactly)."""
-        counts = state["mask2d"].sum(1).double()
-        cost = self.flop_model.stage(k, counts)
-        if self.reducer is not None and k in self.reducer.layers and self.reducer.mode != "off":
-            cost = cost + self.flop_model.selection(k, state["counts_before_selection"].double())
-        return cost
-
-    def _reference_cost(self, state: dict[str, Any]) -> Tensor:
-        """Each row's FLOPs in the full model without token reduction."""
-        if not getattr(self, "_packing_verified", False):
-            verify_packing(self)
-        counts = state["mask2d"].sum(1).double()
-        return sum(self.flop_model.stage(k, counts) for k in range(self.num_stages))
-
-    @property
-    def flop_model(self) -> "FlopModel":
-        if getattr(self, "_flop_model", None) is None:
-            self._flop_model = FlopModel.measure(self)
-        return self._flop_model
+    def _attach_reducer(self, config: EarlyExitConfig, hidden: int) -> None:
+        """Token reduction's modules (see :class:`TokenReducingClassifier`); none here."""
 
     @property
     def converted(self) -> bool:
@@ -312,7 +291,7 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         """Wrap a pretrained encoder (a hub name or a local path) with fresh exits."""
         backbone = load_backbone(name_or_path)
         config = EarlyExitConfig(backbone=backbone.config.to_dict(), num_labels=num_labels, task=task, **kwargs)
-        return cls(config, backbone=backbone)
+        return classifier_class(config, cls)(config, backbone=backbone)
 
     @classmethod
     def from_classifier(cls, name_or_path: str, **kwargs) -> "EarlyExitForSequenceClassification":
@@ -330,7 +309,7 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         kwargs.setdefault("label_names", labels)
         config = EarlyExitConfig(backbone=classifier.base_model.config.to_dict(), num_labels=cfg.num_labels, task=task,
                                  classifier=cfg.to_dict(), **kwargs)
-        return cls(config, classifier=classifier)
+        return classifier_class(config, cls)(config, classifier=classifier)
 
     # ------------------------------------------------------------------ StagedModel
 
@@ -404,238 +383,14 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
         return EarlyExitOutput(loss=loss, logits=result.output, exit_layer=result.exit_stage + 1)
 
 
-def select_tokens(model: EncoderStages, k: int, state: dict[str, Any]) -> dict[str, Any]:
-    """Token selection before layer k: each row keeps some tokens (``[CLS]`` always), which
-    are packed to the front; the layers' arguments are prepared again for the packed rows
-    with their original positions. Modes of ``model.reducer``: ``hard`` (inference),
-    ``sample`` (REINFORCE: Bernoulli draws, their negative log-likelihood accumulated per
-    row; rows with ``imitate`` follow the guide scores' top-k), ``soft`` (LTP training:
-    tokens are scaled by their keep probability, none dropped)."""
-    reducer = model.reducer
-    if not getattr(model, "_packing_verified", False):
-        verify_packing(model)
-    hidden, mask2d = state["hidden"], state["mask2d"]
-    real = mask2d.bool()
-    previous = model.adapter.layer(k - 1) if reducer.cfg.method == "ltp" else None
-    prob = reducer.keep_probability(k, hidden, state, previous)
-    state["counts_before_selection"] = mask2d.sum(1)
-    if state.get("forced_keep") is not None:  # verify_packing: drop exactly the given tokens
-        keep = state.pop("forced_keep") & real
-        return _packed(model, state, keep)
-    if reducer.mode == "soft":
-        soft = torch.where(real, prob, torch.zeros_like(prob))
-        soft = torch.cat([real[:, :1].to(soft.dtype), soft[:, 1:]], 1)  # [CLS] stays whole
-        state["soft_mask"] = soft if state.get("soft_mask") is None else state["soft_mask"] * soft
-        state["soft_masks"].append((soft * real).sum(1) / real.sum(1).clamp_min(1))
-        state["kept_fractions"].append(state["soft_mask"].sum(1).detach() / state["original_counts"])
-        return state
-    if reducer.mode == "sample":
-        draw = prob.detach().clone()
-        guide = state.get("guide")
-        if guide is not None and state.get("imitate") is not None and bool(state["imitate"].any()):
-            draw = imitation_draw(draw, guide[reducer.layers.index(k)], state, real)
-        draw[:, 0] = 1.0
-        selected = torch.bernoulli(draw.clamp(0, 1)) * real
-        selected[:, 0] = real[:, 0].to(selected.dtype)
-        nll = -(selected * torch.log(prob + 1e-6) + (1 - selected) * torch.log(1 - prob + 1e-6)) * real
-        state["select_nll"] = state["select_nll"] + nll.sum(1) / real.sum(1).clamp_min(1)
-        keep = selected.bool()
-    else:
-        keep = (prob >= reducer.cfg.keep_threshold) & real
-        keep[:, 0] = real[:, 0]
-    return _packed(model, state, keep)
+class TokenReducingClassifier(TokenReduction, EarlyExitForSequenceClassification):
+    """A sequence classifier with token reduction (TR-BERT, LTP): rows drop tokens at the
+    selection points, and its costs follow the tokens each row kept (per-sample costs)."""
 
 
-def _packed(model: EncoderStages, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
-    """The state with only the ``keep`` tokens of each row, packed to the front."""
-    hidden, mask2d = state["hidden"], state["mask2d"]
-    state["kept_fractions"].append(keep.sum(1) / state["original_counts"])
-    index, valid = pack(keep)
-    hidden = gather_rows(hidden, index) * valid.unsqueeze(-1).to(hidden.dtype)
-    positions = gather_rows(state["positions"], index)
-    captured = state["captured"]
-    inputs = {name: gather_rows(value, index) for name, value in captured.inputs.items() if name != "position_ids"}
-    inputs["attention_mask"] = valid.to(mask2d.dtype)
-    inputs["input_ids"] = inputs["input_ids"] * valid
-    if "position_ids" in model.adapter.accepted_inputs:
-        inputs["position_ids"] = positions * valid
-    fresh = model.adapter.capture(inputs)
-    for name in ("guide_positions",):
-        if state.get(name) is not None:
-            state[name] = gather_rows(state[name], index)
-    return {**state, "hidden": hidden, "mask2d": inputs["attention_mask"], "positions": positions,
-            "captured": Captured(hidden, fresh.calls, fresh.inputs), "importance": None}
-
-
-@torch.no_grad()
-def verify_packing(model: EncoderStages) -> None:
-    """Token reduction is exact only if a layer sees token positions through the embeddings
-    or ``position_ids``: then dropping a token nobody attends to (masked out) and packing the
-    rest changes no hidden state. Checked once per model on a probe with such a token."""
-    model._packing_verified = True
-    length, hole = 10, 4
-    vocab = int(getattr(model.backbone.config, "vocab_size", 100))
-    ids = torch.randint(5, max(6, vocab), (2, length), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(2, length, dtype=torch.long)
-    mask[1, length - 2:] = 0  # padding, so both layouts have masks
-    mask[:, hole] = 0  # masked out: no token attends to it
-    device = next(model.parameters()).device
-    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if "position_ids" in model.adapter.accepted_inputs:  # as the packed layout will pass them
-        batch["position_ids"] = torch.arange(length, device=device)[None, :].expand(2, length)
-    was_training, mode = model.training, model.reducer.mode
-    model.eval()
-    try:
-        model.reducer.mode = "off"
-        state = model.begin(batch)
-        for k in range(model.num_stages):
-            state = model.run_stage(k, state)
-        expected = [state["hidden"][r, mask[r].bool()] for r in range(2)]
-        model.reducer.mode = "hard"
-        state = model.begin(batch)
-        for k in range(model.num_stages):
-            if k == model.reducer.layers[0]:
-                state["forced_keep"] = mask.bool().to(device)
-            state = model.run_stage(k, state)
-            if k == model.reducer.layers[0]:
-                model.reducer.mode = "off"  # one packing is what is checked; later selection points stay out
-                packed_args = state["captured"]
-        got = [state["hidden"][r, : int(mask[r].sum())] for r in range(2)]
-        model.reducer.mode = "off"
-        unpacked_args = model.begin(batch)["captured"]
-    except Exception:
-        model._packing_verified = False
-        raise
-    finally:
-        model.reducer.mode = mode
-        model.train(was_training)
-    same_args = _arguments_match_without(unpacked_args, packed_args, dropped=hole, length=length,
-                                         counts=[int(c) for c in mask.sum(1)])
-    same_hidden = all(g.shape == e.shape and torch.allclose(g, e, atol=1e-5, rtol=1e-5) for g, e in zip(got, expected))
-    if not (same_args and same_hidden):
-        model._packing_verified = False
-        raise ValueError(f"token reduction cannot run on {type(model.backbone).__name__}: dropping tokens and packing the rest "
-                         "changes what its layers compute (its layers see token positions other than through the embeddings "
-                         "or position_ids, e.g. relative positions)")
-
-
-def _arguments_match_without(unpacked: Captured, packed: Captured, dropped: int, length: int,
-                             counts: list[int]) -> bool:
-    """Do the layers' arguments for the packed batch equal the unpacked ones with token
-    ``dropped`` removed, over each row's real tokens (``counts``), along every dimension
-    of the sequence's length? This catches positions computed from slots (relative
-    positions, sliding windows) whatever the weights, where comparing hidden states of a
-    random model might not."""
-    from .encoder import _leaves
-
-    keep = [i for i in range(length) if i != dropped]
-
-    def trimmed(x: Tensor, width: int, full: int) -> Tensor:
-        for dim in range(x.dim()):
-            if x.shape[dim] == full:
-                x = x.narrow(dim, 0, min(width, full))
-        return x
-
-    for a, b in zip(unpacked.calls, packed.calls):
-        for (_, x), (_, y) in zip(_leaves((a.args[1:], a.kwargs)), _leaves((b.args[1:], b.kwargs))):
-            if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-                if isinstance(x, Tensor) != isinstance(y, Tensor):
-                    return False
-                continue
-            index = torch.tensor(keep, device=x.device)
-            for dim in range(x.dim()):
-                if x.shape[dim] == length:
-                    x = x.index_select(dim, index)
-            batched = x.dim() > 0 and x.shape[0] == len(counts) == y.shape[0]
-            pairs = ([(trimmed(x[r], n, length - 1), trimmed(y[r], n, y.shape[-1] if y.dim() else 0)) for r, n in enumerate(counts)]
-                     if batched else [(trimmed(x, max(counts), length - 1), trimmed(y, max(counts), length - 1))])
-            for u, v in pairs:
-                if u.shape != v.shape:
-                    return False
-                same = torch.equal(u, v) if (u.dtype == torch.bool or not u.is_floating_point()) else \
-                    torch.allclose(u, v, atol=1e-6, rtol=1e-5)
-                if not same:
-                    return False
-    return True
-
-
-def imitation_draw(draw: Tensor, guide: Tensor, state: dict[str, Any], real: Tensor) -> Tensor:
-    """TR-BERT's imitation: rows marked ``imitate`` keep the top-k tokens by the residual
-    guide score, k being the number of tokens the policy expects to keep (round(sum p))."""
-    scores = gather_rows(guide, state["positions"])  # guides are in original token positions
-    scores = torch.where(real, scores, torch.full_like(scores, -1.0))
-    k = (draw * real).sum(1).add(0.5).long().clamp_min(1)
-    order = scores.argsort(dim=1, descending=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    top = (ranks < k[:, None]).to(draw.dtype) * real
-    imitate = state["imitate"][:, None]
-    return torch.where(imitate, top, draw)
-
-
-class FlopModel:
-    """Per-row FLOPs of each stage as a function of the row's token count n:
-    c + a n + b n^2 (the layer and its exit), fitted exactly from FLOP counts
-    (``torch.utils.flop_counter``) of the model's own modules at three lengths, and the
-    same for the token selection at each selection point."""
-
-    def __init__(self, stages: list[tuple[float, float, float]], selection: dict[int, tuple[float, float, float]]):
-        self.stages, self.selection_coefficients = stages, selection
-
-    @staticmethod
-    def _poly(coefficients: tuple[float, float, float], n: Tensor) -> Tensor:
-        c, a, b = coefficients
-        return c + a * n + b * n * n
-
-    def stage(self, k: int, n: Tensor) -> Tensor:
-        return self._poly(self.stages[k], n)
-
-    def selection(self, k: int, n: Tensor) -> Tensor:
-        return self._poly(self.selection_coefficients.get(k, (0.0, 0.0, 0.0)), n)
-
-    @classmethod
-    @torch.no_grad()
-    def measure(cls, model: EncoderStages) -> "FlopModel":
-        from adaptive_exit.budgets.costs import flop_counter, parameters_frozen
-
-        with parameters_frozen(model):
-            return cls._measure(model, flop_counter)
-
-    @classmethod
-    def _measure(cls, model: EncoderStages, flop_counter) -> "FlopModel":
-        lengths = (8, 16, 32)
-        stage_counts = [[] for _ in range(model.num_stages)]
-        selection_counts: dict[int, list[float]] = {}
-        was_training, mode = model.training, model.reducer.mode if model.reducer is not None else None
-        model.eval()
-        if model.reducer is not None:
-            model.reducer.mode = "off"
-        try:
-            for n in lengths:
-                vocab = int(getattr(model.backbone.config, "vocab_size", 100))
-                batch = {"input_ids": torch.randint(5, max(6, vocab), (1, n)), "attention_mask": torch.ones(1, n, dtype=torch.long)}
-                state = model.begin(batch)
-                for k in range(model.num_stages):
-                    if model.reducer is not None and k in model.reducer.layers:
-                        with flop_counter() as counter:
-                            previous = model.adapter.layer(k - 1) if model.reducer.cfg.method == "ltp" else None
-                            if previous is not None:
-                                state["layer_input"] = state["hidden"]
-                            model.reducer.keep_probability(k, state["hidden"], state, previous)
-                        selection_counts.setdefault(k, []).append(float(counter.get_total_flops()))
-                    with flop_counter() as counter:
-                        state = model.run_stage(k, state)
-                        model.exit_output(k, state)
-                    stage_counts[k].append(float(counter.get_total_flops()))
-        finally:
-            model.train(was_training)
-            if model.reducer is not None:
-                model.reducer.mode = mode
-        n = torch.tensor(lengths, dtype=torch.float64)
-        design = torch.stack([torch.ones_like(n), n, n * n], 1)
-
-        def fit(values: list[float]) -> tuple[float, float, float]:
-            solution = torch.linalg.solve(design, torch.tensor(values, dtype=torch.float64))
-            return tuple(float(v) for v in solution)
-
-        return cls([fit(v) for v in stage_counts], {k: fit(v) for k, v in selection_counts.items()})
+def classifier_class(config: EarlyExitConfig, base: type = EarlyExitForSequenceClassification) -> type:
+    """The class a sequence-classification config needs: with ``token_reduction``, the
+    token-reducing variant (``from_pretrained`` of a saved folder must use it too)."""
+    if config.token_reduction is not None and not issubclass(base, TokenReduction):
+        return TokenReducingClassifier
+    return base

@@ -2,12 +2,13 @@
 ``{"text": "..."}``, ``{"texts": [...]}`` and optionally ``text_pair`` / ``text_pairs``."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 
 from adaptive_exit.deploy.serving import RequestError, ServeAdapter
+from adaptive_exit.io import parse_json
+from adaptive_exit.limits import limit
 
 from .data import TextCollator
 
@@ -15,9 +16,7 @@ from .data import TextCollator
 class TextServeAdapter(ServeAdapter):
     path = "/predict"
     content_types = ("application/json",)
-    max_request_bytes = 1 << 20
-    max_texts = 64
-    max_chars = 20_000
+    limit_name = "request_bytes_text"
 
     def __init__(self, model: Any):
         self.model = model
@@ -26,11 +25,12 @@ class TextServeAdapter(ServeAdapter):
 
     def parse(self, body: bytes, content_type: str) -> list[dict[str, Any]]:
         try:
-            data = json.loads(body.decode("utf-8"))
+            data = parse_json(body.decode("utf-8"), "the request body")
         except UnicodeDecodeError as exc:
             raise RequestError(f"the body is not UTF-8 (byte {exc.start})") from None
-        except json.JSONDecodeError as exc:
-            raise RequestError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        max_texts, max_chars = int(limit("request_texts")), int(limit("text_chars"))
         if not isinstance(data, dict):
             raise RequestError('expected a JSON object like {"text": "..."} or {"texts": ["...", ...]}')
         unknown = set(data) - {"text", "texts", "text_pair", "text_pairs"}
@@ -40,8 +40,8 @@ class TextServeAdapter(ServeAdapter):
         pairs = [data["text_pair"]] if "text_pair" in data else data.get("text_pairs")
         if not isinstance(texts, list) or not texts:
             raise RequestError('"texts" must be a non-empty list of strings (or give "text")')
-        if len(texts) > self.max_texts:
-            raise RequestError(f"{len(texts)} texts in one request; at most {self.max_texts}", 413)
+        if len(texts) > max_texts:
+            raise RequestError(f"{len(texts)} texts in one request; at most {max_texts}", 413)
         if pairs is not None and (not isinstance(pairs, list) or len(pairs) != len(texts)):
             raise RequestError('"text_pairs" must be a list as long as "texts"')
         items = []
@@ -52,8 +52,8 @@ class TextServeAdapter(ServeAdapter):
                     continue
                 if not isinstance(value, str) or not value.strip():
                     raise RequestError(f"{what} {i} must be a non-empty string")
-                if len(value) > self.max_chars:
-                    raise RequestError(f"{what} {i} has {len(value)} characters; at most {self.max_chars}", 413)
+                if len(value) > max_chars:
+                    raise RequestError(f"{what} {i} has {len(value)} characters; at most {max_chars}", 413)
             items.append({"text": text, "text_pair": pair, "label": None})
         if len({item["text_pair"] is None for item in items}) > 1:
             raise RequestError("either every text has a pair or none does")

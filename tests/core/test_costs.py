@@ -35,9 +35,9 @@ def test_flops_per_stage_match_the_layer_arithmetic():
 
 
 def test_speech_stage_flops_match_the_network(tmp_path):
-    from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
+    from adaptive_exit.speech.models import ProgressiveEnhancer, enhancer_config
 
-    cfg = EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=16)
+    cfg = enhancer_config(architecture="stage-recurrent", num_stages=2, hidden=16)
     model = ProgressiveEnhancer(cfg).eval()
     frames = 40
     batch = {"noisy_spec": torch.randn(1, 2, 161, frames), "frames": torch.tensor([frames])}

@@ -62,16 +62,17 @@ def test_int8_stage_graphs_keep_the_predictions_close(tmp_path):
     assert (a.output - b.output).abs().max() < 0.05  # int8 weights: close, not equal
 
 
-@pytest.mark.parametrize("architecture", ["dual-path", "stage-recurrent"])
+@pytest.mark.parametrize("architecture", ["dual-path", "dprnn", "stage-recurrent"])
 def test_speech_onnx_matches_pytorch_under_compaction(tmp_path, architecture):
     from adaptive_exit.speech.domain import DOMAIN
     from adaptive_exit.speech.enhance import enhance_batch
-    from adaptive_exit.speech.model import EnhancerConfig
+    from adaptive_exit.speech.models import enhancer_config
     from adaptive_exit.speech.data import SyntheticDataset
 
     torch.manual_seed(0)
-    model = DOMAIN.build_model(EnhancerConfig(architecture=architecture, num_stages=4, hidden=16, causal=True), None).eval()
-    outputs = [h.refine[-1] for h in model.heads] if architecture == "dual-path" else [s.out for s in model.stages]
+    model = DOMAIN.build_model(enhancer_config(architecture=architecture, num_stages=4, hidden=16,
+                                                   **({"causal": True} if architecture == "stage-recurrent" else {})), None).eval()
+    outputs = [s.out for s in model.stages] if architecture == "stage-recurrent" else [h.refine[-1] for h in model.heads]
     with torch.no_grad():
         for out in outputs:
             out.weight.mul_(20)  # random stages that differ, so the convergence rule has work to do

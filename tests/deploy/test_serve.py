@@ -119,11 +119,11 @@ def test_speech_endpoint_returns_the_offline_enhancement(tmp_path):
     from adaptive_exit.speech.data import SyntheticDataset
     from adaptive_exit.speech.domain import DOMAIN
     from adaptive_exit.speech.enhance import enhance_waveform
-    from adaptive_exit.speech.model import EnhancerConfig
+    from adaptive_exit.speech.models import enhancer_config
     from adaptive_exit.speech.serve import SpeechServeAdapter
 
     torch.manual_seed(0)
-    model = DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8), None).eval()
+    model = DOMAIN.build_model(enhancer_config(num_stages=3, hidden=8), None).eval()
     policy = build_policy("patience:1,threshold=0.05,distance=relative")
     server = BatchingServer(model, SpeechServeAdapter(model), policy, max_batch=4, max_wait_ms=20)
     audio = SyntheticDataset(1, 0, seconds=0.6)[0]["noisy"]

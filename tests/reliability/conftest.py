@@ -26,11 +26,11 @@ def toy_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def speech_model(tmp_path_factory) -> Path:
     from adaptive_exit.speech.domain import DOMAIN
-    from adaptive_exit.speech.model import EnhancerConfig
+    from adaptive_exit.speech.models import enhancer_config
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("speech") / "model"
-    DOMAIN.save_model(DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8), None), path, "full")
+    DOMAIN.save_model(DOMAIN.build_model(enhancer_config(num_stages=3, hidden=8), None), path, "full")
     return path
 
 

@@ -14,7 +14,7 @@ from adaptive_exit.speech import pretrained
 from adaptive_exit.speech.domain import load_speech_model
 from adaptive_exit.speech.enhance import enhance_waveform
 from adaptive_exit.speech.metrics import si_sdr
-from adaptive_exit.speech.stream import StreamingEnhancer
+from adaptive_exit.speech.streaming import StreamingEnhancer
 
 PAIRS = Path(os.environ.get("ADAPTIVE_EXIT_DATA", "../shared/data")) / "voicebank_demand_16k"
 

@@ -13,7 +13,7 @@ from adaptive_exit.speech.data import MixtureDataset, PairedFolder, SpeechCollat
 from adaptive_exit.speech.domain import DOMAIN
 from adaptive_exit.speech.losses import SpectralLoss
 from adaptive_exit.speech.metrics import score, si_sdr
-from adaptive_exit.speech.model import EnhancerConfig, ProgressiveEnhancer
+from adaptive_exit.speech.models import ProgressiveEnhancer, enhancer_config
 from adaptive_exit.speech.stft import STFT
 from adaptive_exit.runtime.traces import record_trace, replay
 from adaptive_exit.training import TrainConfig
@@ -33,7 +33,7 @@ def test_stft_round_trip_is_exact(compress):
 
 def tiny_enhancer(seed=0, architecture="stage-recurrent", **kwargs):
     torch.manual_seed(seed)
-    cfg = EnhancerConfig(architecture=architecture, hidden=24 if architecture == "stage-recurrent" else 8,
+    cfg = enhancer_config(architecture=architecture, hidden=24 if architecture == "stage-recurrent" else 8,
                          num_stages=4, **kwargs)
     model = DOMAIN.build_model(cfg, None)
     # random weights barely change the estimate; scale the output layers so stages differ
@@ -44,9 +44,10 @@ def tiny_enhancer(seed=0, architecture="stage-recurrent", **kwargs):
 
 
 @pytest.mark.parametrize("architecture, shared, causal", [("stage-recurrent", True, False), ("stage-recurrent", False, True),
-                                                          ("dual-path", False, True)])
+                                                          ("dual-path", None, None), ("dprnn", None, None)])
 def test_batched_runner_equals_per_utterance_runs(architecture, shared, causal):
-    model = tiny_enhancer(architecture=architecture, shared=shared, causal=causal)
+    own = {"shared": shared, "causal": causal} if architecture == "stage-recurrent" else {}
+    model = tiny_enhancer(architecture=architecture, **own)
     items = [SyntheticDataset(3, 5, seconds=s)[i] for i, s in enumerate([0.6, 1.3, 0.9])]
     collate = SpeechCollator(STFT())
     batch = collate(items)
@@ -63,9 +64,9 @@ def test_batched_runner_equals_per_utterance_runs(architecture, shared, causal):
     assert torch.equal(replay(trace, RELATIVE.format(0.1)).exit_stage, EarlyExitRunner(model, RELATIVE.format(0.1))(batch).exit_stage)
 
 
-@pytest.mark.parametrize("architecture", ["stage-recurrent", "dual-path"])
+@pytest.mark.parametrize("architecture", ["stage-recurrent", "dual-path", "dprnn"])
 def test_causal_model_has_no_look_ahead(architecture):
-    model = tiny_enhancer(architecture=architecture, causal=True)
+    model = tiny_enhancer(architecture=architecture, **({"causal": True} if architecture == "stage-recurrent" else {}))
     wav = torch.from_numpy(SyntheticDataset(1, 1, seconds=1.0)[0]["noisy"])
     stft = STFT()
     full, frames = stft.batch([wav])
@@ -79,9 +80,9 @@ def test_causal_model_has_no_look_ahead(architecture):
 
 
 def test_parameter_counts_are_small_by_default():
-    shared = ProgressiveEnhancer(EnhancerConfig(architecture="stage-recurrent"))
+    shared = ProgressiveEnhancer(enhancer_config(architecture="stage-recurrent"))
     assert 1e5 < sum(p.numel() for p in shared.parameters()) < 1e6
-    unshared = ProgressiveEnhancer(EnhancerConfig(architecture="stage-recurrent", shared=False))
+    unshared = ProgressiveEnhancer(enhancer_config(architecture="stage-recurrent", shared=False))
     assert sum(p.numel() for p in unshared.parameters()) == 6 * sum(p.numel() for p in shared.parameters())
 
 
@@ -102,7 +103,7 @@ def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
     def snr(reference, estimate):
         return 10 * np.log10(np.sum(reference**2) / np.sum((estimate - reference) ** 2))
 
-    model = DOMAIN.build_model(EnhancerConfig(num_stages=4, hidden=8, target_snr_step_db=5.0), None)
+    model = DOMAIN.build_model(enhancer_config(num_stages=4, hidden=8, target_snr_step_db=5.0), None)
     items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
     batch = DOMAIN.collate(model, items)
     targets = batch["stage_targets"]
@@ -116,7 +117,7 @@ def test_progressive_targets_get_cleaner_by_the_step_and_end_clean():
     objective = DOMAIN.objective(TrainConfig(exit_weights="uniform"), model)
     assert objective([t["clean_spec"] for t in targets], batch).item() == pytest.approx(0.0, abs=1e-6)
     assert objective([batch["clean_spec"]] * 4, batch).item() > 0
-    plain = DOMAIN.collate(DOMAIN.build_model(EnhancerConfig(num_stages=4, hidden=8), None), items)
+    plain = DOMAIN.collate(DOMAIN.build_model(enhancer_config(num_stages=4, hidden=8), None), items)
     assert "stage_targets" not in plain and stage_target_batch(plain, 0, 4) is plain  # step 0: clean for every stage
     with pytest.raises(ValueError, match="target_snr_step_db"):
         intermediate_targets(batch, STFT(), 4, -1.0)
@@ -127,8 +128,8 @@ def test_change_penalty_adds_the_exit_distance_and_only_pushes_later_stages():
 
     items = [SyntheticDataset(2, 0, seconds=s)[i] for i, s in enumerate([0.5, 1.0])]
     train_cfg = TrainConfig(exit_weights="linear")
-    plain = DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8), None))
-    penalised = DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8, change_weight=0.5), None))
+    plain = DOMAIN.objective(train_cfg, DOMAIN.build_model(enhancer_config(num_stages=3, hidden=8), None))
+    penalised = DOMAIN.objective(train_cfg, DOMAIN.build_model(enhancer_config(num_stages=3, hidden=8, change_weight=0.5), None))
     batch = SpeechCollator(STFT(compress=0.5))(items)
     outputs = [(batch["noisy_spec"] * s).requires_grad_() for s in (1.0, 0.8, 0.7)]
     changes = [relative_distance(outputs[0], outputs[1]), relative_distance(outputs[1], outputs[2])]
@@ -139,7 +140,7 @@ def test_change_penalty_adds_the_exit_distance_and_only_pushes_later_stages():
     torch.testing.assert_close(penalised_grads[0], plain_grads[0])  # the first estimate is not pulled towards the later ones
     assert (penalised_grads[2] - plain_grads[2]).abs().max() > 1e-4 * plain_grads[2].abs().max()
     with pytest.raises(ValueError, match="change_weight"):
-        DOMAIN.objective(train_cfg, DOMAIN.build_model(EnhancerConfig(num_stages=3, hidden=8, change_weight=-1), None))
+        DOMAIN.objective(train_cfg, DOMAIN.build_model(enhancer_config(num_stages=3, hidden=8, change_weight=-1), None))
 
 
 def test_mixing_hits_the_snr():
@@ -243,7 +244,7 @@ def test_quickstart_recipe_smoke(tmp_path):
 
 
 def test_masked_mapping_bounds_the_mask_and_checks_the_output_form():
-    from adaptive_exit.speech.model import complex_mask
+    from adaptive_exit.speech.models import complex_mask
 
     spec = torch.randn(2, 2, 161, 10)
     huge = complex_mask(torch.full((2, 2, 161, 10), 1e4), spec)
@@ -251,9 +252,9 @@ def test_masked_mapping_bounds_the_mask_and_checks_the_output_form():
     assert bool((magnitude(huge) <= magnitude(spec) * (1 + 1e-5)).all())  # |mask| < 1: never amplifies
     assert torch.allclose(complex_mask(torch.zeros_like(spec), spec), torch.zeros_like(spec))
     with pytest.raises(ValueError, match="model.output"):
-        EnhancerConfig(output="ratio")
+        enhancer_config(output="ratio")
     for output in ("masked-mapping", "mapping", "refine"):  # every form keep padding out of the estimate
-        model = ProgressiveEnhancer(EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=8, output=output))
+        model = ProgressiveEnhancer(enhancer_config(architecture="stage-recurrent", num_stages=2, hidden=8, output=output))
         batch = {"noisy_spec": torch.randn(2, 2, 161, 12), "frames": torch.tensor([12, 7])}
         out = EarlyExitRunner(model, "full")(batch).output
         assert out[1, ..., 7:].abs().max() == 0
@@ -280,7 +281,7 @@ def test_noise_augmentation_is_reproducible_and_power_preserving(tmp_path):
 
 
 def test_model_folders_saved_before_output_forms_load_as_mapping(tmp_path):
-    model = DOMAIN.build_model(EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=8, output="mapping"), None)
+    model = DOMAIN.build_model(enhancer_config(architecture="stage-recurrent", num_stages=2, hidden=8, output="mapping"), None)
     DOMAIN.save_model(model, tmp_path / "model", "full")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     del config["model"]["output"], config["model"]["architecture"]  # as saved before either existed

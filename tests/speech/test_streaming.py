@@ -14,15 +14,15 @@ from adaptive_exit.speech.channel import ChannelAugment, lowpass, mu_law, room_i
 from adaptive_exit.speech.data import SyntheticDataset
 from adaptive_exit.speech.domain import DOMAIN
 from adaptive_exit.speech.enhance import enhance_recording, enhance_waveform
-from adaptive_exit.speech.model import EnhancerConfig
-from adaptive_exit.speech.stream import RateBridge, StreamingEnhancer, enhance_stream
+from adaptive_exit.speech.models import enhancer_config
+from adaptive_exit.speech.streaming import RateBridge, StreamingEnhancer, enhance_stream
 
 RELATIVE = "patience:1,threshold={},distance=relative"
 
 
 def dual_path(seed=0, stages=4):
     torch.manual_seed(seed)
-    model = DOMAIN.build_model(EnhancerConfig(num_stages=stages, hidden=8), None)
+    model = DOMAIN.build_model(enhancer_config(num_stages=stages, hidden=8), None)
     with torch.no_grad():  # random stages that differ, so the convergence rule has work to do
         for head in model.heads:
             head.refine[-1].weight.mul_(20)
@@ -76,7 +76,7 @@ def test_chunk_level_exits_follow_the_policy_and_the_budget():
     stages = [c.stages for c in capped.stats.chunks]
     assert stages[0] == 4 and stages[-1] == 1
     with pytest.raises(ValueError, match="dual-path"):
-        StreamingEnhancer(DOMAIN.build_model(EnhancerConfig(architecture="stage-recurrent", num_stages=2, hidden=8), None))
+        StreamingEnhancer(DOMAIN.build_model(enhancer_config(architecture="stage-recurrent", num_stages=2, hidden=8), None))
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
@@ -148,7 +148,7 @@ def test_enhance_streams_long_files_and_reports_chunks(tmp_path, capsys):
 
 
 def test_stream_reports_bad_samples_with_their_position(tmp_path):
-    from adaptive_exit.speech.stream import stream_file
+    from adaptive_exit.speech.streaming import stream_file
 
     audio = np.zeros(48000, dtype=np.float32)
     audio[40000] = np.nan

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adaptive_exit.text.conll import (CONLL2003_TAGS, IGNORE, TokenCollator, entity_f1, entity_spans, read_conll,
+from adaptive_exit.text.tagging.conll import (CONLL2003_TAGS, IGNORE, TokenCollator, entity_f1, entity_spans, read_conll,
                                       tags_from_logits)
 
 from .helpers import tiny_tokenizer

@@ -13,12 +13,12 @@ from adaptive_exit.app.cli import main
 from adaptive_exit.app.config import load_recipe
 from adaptive_exit.app.pipeline import Pipeline
 from adaptive_exit.runtime.runner import EarlyExitRunner
-from adaptive_exit.text.conll import CONLL2003_TAGS, IGNORE, TokenCollator, entity_f1, tags_from_logits
+from adaptive_exit.text.tagging.conll import CONLL2003_TAGS, IGNORE, TokenCollator, entity_f1, tags_from_logits
 from adaptive_exit.text.domain import load_text_model
-from adaptive_exit.text.token_eval import (TokenExitRow, envelope_f1_at, rows_from_json, sentee_f1_at, sentence_flops,
+from adaptive_exit.text.tagging.token_eval import (TokenExitRow, envelope_f1_at, rows_from_json, sentee_f1_at, sentence_flops,
                                            sentence_level_rows, token_level_row)
-from adaptive_exit.text.tokee import token_exit
-from adaptive_exit.text.token_model import EarlyExitForTokenClassification, certain_logits
+from adaptive_exit.text.tagging.tokee import token_exit
+from adaptive_exit.text.tagging.token_model import EarlyExitForTokenClassification, certain_logits
 
 from .helpers import WORDS, tiny_backbone
 from .test_token_model import tiny_tagger
@@ -192,7 +192,7 @@ def test_predict_tags_words_with_sentence_or_token_exits(conll_run, tmp_path, ca
 def test_self_sampling_loss_is_the_joint_loss_at_threshold_zero_and_trains_every_layer(tmp_path):
     from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
     from adaptive_exit.runtime.staged import all_exit_outputs
-    from adaptive_exit.text.self_sampling import self_sampling_loss
+    from adaptive_exit.text.tagging.self_sampling import self_sampling_loss
 
     tokenizer = piece_tokenizer(tmp_path / "tok")
     sentences = [{"words": ["goods", "movies", "plot"], "tags": ["B-PER", "O", "O"]},

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from adaptive_exit.runtime.staged import all_exit_outputs
-from adaptive_exit.text.tokee import layer_flops, token_exit
+from adaptive_exit.text.tagging.tokee import layer_flops, token_exit
 
 from .helpers import random_batch
 from .test_token_model import tiny_tagger
@@ -57,9 +57,9 @@ def test_padding_costs_nothing_and_keeps_no_token_alive():
 
 def test_unsupported_layers_and_bad_arguments_are_clear_errors():
     from .helpers import tiny_backbone
-    from adaptive_exit.text.conll import CONLL2003_TAGS
+    from adaptive_exit.text.tagging.conll import CONLL2003_TAGS
     from adaptive_exit.text.modeling import EarlyExitConfig
-    from adaptive_exit.text.token_model import EarlyExitForTokenClassification
+    from adaptive_exit.text.tagging.token_model import EarlyExitForTokenClassification
 
     backbone = tiny_backbone("distilbert")
     config = EarlyExitConfig(backbone=backbone.config.to_dict(), task="token-classification", num_labels=len(CONLL2003_TAGS))

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from adaptive_exit.runtime.runner import EarlyExitRunner
-from adaptive_exit.text.conll import CONLL2003_TAGS, IGNORE, TokenCollator
+from adaptive_exit.text.tagging.conll import CONLL2003_TAGS, IGNORE, TokenCollator
 from adaptive_exit.text.modeling import EarlyExitConfig
-from adaptive_exit.text.token_model import EarlyExitForTokenClassification
+from adaptive_exit.text.tagging.token_model import EarlyExitForTokenClassification
 
 from .helpers import random_batch, tiny_backbone, tiny_tokenizer
 

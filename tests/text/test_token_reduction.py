@@ -122,7 +122,7 @@ def test_reinforce_reward_rises_on_a_toy(tmp_path):
     """A tiny model, the reward -loss - alpha * kept share with a large alpha: the policy
     learns to drop tokens and the mean reward rises."""
     from adaptive_exit.text.data import TextCollator
-    from adaptive_exit.text.token_reduction_training import TokenReductionTrainConfig, train_trbert
+    from adaptive_exit.text.token_reduction.training import TokenReductionTrainConfig, train_trbert
 
     from .helpers import WORDS, tiny_tokenizer
 
@@ -143,7 +143,7 @@ def test_reinforce_reward_rises_on_a_toy(tmp_path):
 
 def test_ltp_thresholds_train_and_prune(tmp_path):
     from adaptive_exit.text.data import TextCollator
-    from adaptive_exit.text.token_reduction_training import TokenReductionTrainConfig, train_ltp
+    from adaptive_exit.text.token_reduction.training import TokenReductionTrainConfig, train_ltp
 
     from .helpers import WORDS, tiny_tokenizer
 

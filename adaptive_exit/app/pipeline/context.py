@@ -30,7 +30,7 @@ class RunContext:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.domain: Domain = get_domain(recipe.domain)
-        self.model_cfg = from_dict(self.domain.model_config, recipe.model, "model")
+        self.model_cfg = self.domain.parse_model_config(recipe.model)
         self.data_cfg = from_dict(self.domain.data_config, recipe.data, "data")
         self.run_dir = Path(recipe.run_dir)
         self.model_dir = self.run_dir / "model"

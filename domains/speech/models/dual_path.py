@@ -23,23 +23,23 @@ causal layers never carry them into real ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .base import CausalStages, EnhancerConfig, StreamState, complex_mask, register_architecture
+
 
 @dataclass
-class StreamState:
-    """The memory of a dual-path enhancer for a batch of streams: each causal layer's past
-    input frames, keyed by layer (``enc0``, ``stage3.time1``, ...), batch first. Absent
-    until the layer first runs (silence before the start)."""
+class DualPathConfig(EnhancerConfig):
+    architecture: str = "dual-path"
+    downsample: int = 3  # stride-2 frequency convolutions in the encoder (161 bins -> 81 -> 41 -> 21 sub-bands)
 
-    past: dict[str, Tensor] = field(default_factory=dict)
-
-    def select(self, keep: Tensor) -> "StreamState":
-        """The memory of the streams ``keep`` (row indices)."""
-        return StreamState({name: value[keep] for name, value in self.past.items()})
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.downsample <= 6:
+            raise ValueError(f"model.downsample must be 1..6 (stride-2 frequency convolutions), got {self.downsample}")
 
 
 class CausalConv(nn.Module):
@@ -179,27 +179,14 @@ class ExitHead(nn.Module):
         return raw.permute(0, 3, 2, 1)
 
 
-def noisy_features(noisy: Tensor) -> Tensor:
-    """(B, 2, F, T) compressed spectrum -> (B, 3, F, T): real, imaginary, magnitude."""
-    return torch.cat([noisy, torch.sqrt(noisy[:, :1] ** 2 + noisy[:, 1:] ** 2 + 1e-8)], 1)
+class DualPathEnhancer(CausalStages, nn.Module):
+    """The StagedModel over :class:`DualPathBlock` stages (see the module docstring and
+    :class:`~.base.CausalStages` for the state and the streaming calls)."""
 
-
-class DualPathEnhancer(nn.Module):
-    """The StagedModel over :class:`DualPathBlock` stages (see the module docstring).
-
-    Offline state (a batch of whole utterances): ``noisy`` (B, 2, F, T), ``features``
-    (B, T, F, 3), ``latent`` (B, T, bands, C), ``estimate`` (B, 2, F, T), ``mask`` (B, 1, T).
-    The streaming calls (:meth:`encode`, :meth:`stage`) take and update a
-    :class:`StreamState`; the offline ones run them from an empty state.
-    """
-
-    state_names = ("noisy", "features", "latent", "estimate", "mask")  # the offline state, in export order
-    stage_updates = ("latent", "estimate")  # what each stage changes
-
-    def __init__(self, cfg):
+    def __init__(self, cfg: DualPathConfig):
         super().__init__()
-        from .audio import SAMPLE_RATE
-        from .stft import STFT
+        from ..audio import SAMPLE_RATE
+        from ..stft import STFT
 
         self.config, self.sample_rate = cfg, SAMPLE_RATE
         self.stft = STFT(compress=cfg.compress)
@@ -210,42 +197,23 @@ class DualPathEnhancer(nn.Module):
         self.blocks = nn.ModuleList(DualPathBlock(cfg.hidden, stage_dilations(k)) for k in range(cfg.num_stages))
         self.heads = nn.ModuleList(ExitHead(cfg.hidden, bins, self.bands) for _ in range(cfg.num_stages))
 
-    # -- streaming-capable pieces
-    def encode(self, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
-        """(B, 2, F, T) noisy spectrum -> (features (B, T, F, 3), latent (B, T, bands, C))."""
-        features = noisy_features(noisy)
-        return features.permute(0, 3, 2, 1), self.encoder(features, memory)
-
     def stage(self, k: int, latent: Tensor, features: Tensor, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
         """Stage k on a latent: (new latent, the stage's estimate (B, 2, F, T))."""
-        from .model import complex_mask
-
         latent = self.blocks[k](latent, memory.past, f"stage{k}")
         return latent, complex_mask(self.heads[k](latent, features), noisy)
 
-    # -- StagedModel
-    def begin(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        noisy, frames = batch["noisy_spec"], batch["frames"]
-        mask = (torch.arange(noisy.shape[-1], device=noisy.device)[None, :] < frames[:, None].to(noisy.device))
-        features, latent = self.encode(noisy, StreamState())
-        return {"noisy": noisy, "features": features, "latent": latent, "estimate": noisy,
-                "mask": mask[:, None, :].to(noisy.dtype)}
-
-    def run_stage(self, k: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        latent, estimate = self.stage(k, state["latent"], state["features"], state["noisy"], StreamState())
-        return {**state, "latent": latent, "estimate": estimate * state["mask"].unsqueeze(1)}
-
-    def exit_output(self, k: int, state: dict[str, Tensor]) -> Tensor:
-        return state["estimate"]  # zero on padded frames
-
-    def select(self, state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
-        from adaptive_exit.runtime.staged import select_rows
-
-        return select_rows(state, keep)
-
-    def stage_cost(self, k: int) -> float:
-        """Multiply-accumulates per frame, relative to one stage: the encoder counts in stage 0."""
-        return 1.0 + (self.encoder_macs() / self.stage_macs() if k == 0 else 0.0)
+    def skip_stages(self, first: int, state: dict[str, Tensor], memory: StreamState) -> None:
+        """The past frames of the stages a streamed piece skipped: the exit stage's latent
+        (each stage is a residual refinement, so that is its best stand-in), so a later
+        piece that runs the stage sees recent context, not context that ended where skipping began."""
+        latent = state["latent"]
+        for k in range(first, self.num_stages):
+            for j, conv in enumerate(self.blocks[k].times):
+                key = f"stage{k}.time{j}"
+                past = memory.past.get(key)
+                if past is None:
+                    past = latent.new_zeros(latent.shape[0], conv.context, *latent.shape[2:])
+                memory.past[key] = torch.cat([past, latent], 1)[:, -conv.context:]
 
     def stage_macs(self) -> float:
         """Multiply-accumulates per frame of one stage (block and exit head)."""
@@ -255,8 +223,5 @@ class DualPathEnhancer(nn.Module):
         per_bin = (head.width + 3) * head.width + head.width * 2
         return float(f * per_band + f * c * head.per_band * head.width + bins * per_bin)
 
-    def encoder_macs(self) -> float:
-        return self.encoder.macs()
 
-    def backbone_parameters(self):
-        return self.parameters()
+register_architecture("dual-path", DualPathConfig, DualPathEnhancer)

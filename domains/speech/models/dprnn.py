@@ -23,10 +23,31 @@ within a frame.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
-from .dual_path import Encoder, ExitHead, StreamState, noisy_features
+from .base import CausalStages, EnhancerConfig, StreamState, complex_mask, register_architecture
+from .dual_path import Encoder, ExitHead
+
+
+@dataclass
+class DPRNNConfig(EnhancerConfig):
+    architecture: str = "dprnn"
+    downsample: int = 3  # stride-2 frequency convolutions in the encoder (161 bins -> 81 -> 41 -> 21 sub-bands)
+    rnn_groups: int = 2  # channels split into this many independent GRUs
+    head_width: int = 8  # features per bin in the exit heads
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.downsample <= 6:
+            raise ValueError(f"model.downsample must be 1..6 (stride-2 frequency convolutions), got {self.downsample}")
+        if self.rnn_groups < 1 or self.hidden % (2 * self.rnn_groups):
+            raise ValueError(f"model.hidden ({self.hidden}) must split into model.rnn_groups ({self.rnn_groups}) "
+                             "groups of two directions")
+        if self.head_width < 1:
+            raise ValueError(f"model.head_width must be >= 1, got {self.head_width}")
 
 
 class GroupedGRU(nn.Module):
@@ -92,22 +113,14 @@ class DualPathRNNBlock(nn.Module):
         return self.band_rnn.macs(bands) + self.time_rnn.macs(1) * bands + 2 * bands * (c * c + c)
 
 
-class DualPathRNNEnhancer(nn.Module):
-    """The StagedModel over :class:`DualPathRNNBlock` stages (see the module docstring).
+class DualPathRNNEnhancer(CausalStages, nn.Module):
+    """The StagedModel over :class:`DualPathRNNBlock` stages (see the module docstring and
+    :class:`~.base.CausalStages` for the state and the streaming calls)."""
 
-    Offline state (a batch of whole utterances): ``noisy`` (B, 2, F, T), ``features``
-    (B, T, F, 3), ``latent`` (B, T, bands, C), ``estimate`` (B, 2, F, T), ``mask`` (B, 1, T).
-    The streaming calls (:meth:`encode`, :meth:`stage`) take and update a
-    :class:`StreamState`; the offline ones run them from an empty state.
-    """
-
-    state_names = ("noisy", "features", "latent", "estimate", "mask")
-    stage_updates = ("latent", "estimate")
-
-    def __init__(self, cfg):
+    def __init__(self, cfg: DPRNNConfig):
         super().__init__()
-        from .audio import SAMPLE_RATE
-        from .stft import STFT
+        from ..audio import SAMPLE_RATE
+        from ..stft import STFT
 
         self.config, self.sample_rate = cfg, SAMPLE_RATE
         self.stft = STFT(compress=cfg.compress)
@@ -118,46 +131,10 @@ class DualPathRNNEnhancer(nn.Module):
         self.blocks = nn.ModuleList(DualPathRNNBlock(cfg.hidden, cfg.rnn_groups) for _ in range(cfg.num_stages))
         self.heads = nn.ModuleList(ExitHead(cfg.hidden, bins, self.bands, cfg.head_width) for _ in range(cfg.num_stages))
 
-    # -- streaming-capable pieces
-    def encode(self, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
-        """(B, 2, F, T) noisy spectrum -> (features (B, T, F, 3), latent (B, T, bands, C))."""
-        features = noisy_features(noisy)
-        return features.permute(0, 3, 2, 1), self.encoder(features, memory)
-
     def stage(self, k: int, latent: Tensor, features: Tensor, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
         """Stage k on a latent: (new latent, the stage's estimate (B, 2, F, T))."""
-        from .model import complex_mask
-
         latent = self.blocks[k](latent, memory.past, f"stage{k}.rnn")
         return latent, complex_mask(self.heads[k](latent, features), noisy)
-
-    def skip_stage(self, k: int, latent: Tensor, memory: StreamState) -> None:
-        """A streamed chunk that stops before stage k leaves its time GRU's state as it was:
-        the GRU resumes from the last frames it saw (a gap in its past, not a wrong past)."""
-
-    # -- StagedModel
-    def begin(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        noisy, frames = batch["noisy_spec"], batch["frames"]
-        mask = (torch.arange(noisy.shape[-1], device=noisy.device)[None, :] < frames[:, None].to(noisy.device))
-        features, latent = self.encode(noisy, StreamState())
-        return {"noisy": noisy, "features": features, "latent": latent, "estimate": noisy,
-                "mask": mask[:, None, :].to(noisy.dtype)}
-
-    def run_stage(self, k: int, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        latent, estimate = self.stage(k, state["latent"], state["features"], state["noisy"], StreamState())
-        return {**state, "latent": latent, "estimate": estimate * state["mask"].unsqueeze(1)}
-
-    def exit_output(self, k: int, state: dict[str, Tensor]) -> Tensor:
-        return state["estimate"]  # zero on padded frames
-
-    def select(self, state: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
-        from adaptive_exit.runtime.staged import select_rows
-
-        return select_rows(state, keep)
-
-    def stage_cost(self, k: int) -> float:
-        """Multiply-accumulates per frame, relative to one stage: the encoder counts in stage 0."""
-        return 1.0 + (self.encoder_macs() / self.stage_macs() if k == 0 else 0.0)
 
     def stage_macs(self) -> float:
         """Multiply-accumulates per frame of one stage (block and exit head)."""
@@ -166,8 +143,5 @@ class DualPathRNNEnhancer(nn.Module):
         head_macs = self.bands * self.config.hidden * head.per_band * head.width + bins * per_bin
         return float(self.blocks[0].macs(self.bands) + head_macs)
 
-    def encoder_macs(self) -> float:
-        return self.encoder.macs()
 
-    def backbone_parameters(self):
-        return self.parameters()
+register_architecture("dprnn", DPRNNConfig, DualPathRNNEnhancer)

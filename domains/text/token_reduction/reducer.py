@@ -149,11 +149,3 @@ def gather_rows(x: Tensor, index: Tensor) -> Tensor:
     shape = index.shape + x.shape[2:]
     expanded = index.reshape(index.shape + (1,) * (x.dim() - 2)).expand(shape)
     return x.gather(1, expanded)
-
-
-def layer_flop_coefficients(layer_flops: list[tuple[int, float]]) -> tuple[float, float]:
-    """(a, b) of flops(n) = a n + b n^2 from (n, flops) measurements."""
-    (n1, f1), (n2, f2) = layer_flops
-    b = (f2 / n2 - f1 / n1) / (n2 - n1)
-    a = f1 / n1 - b * n1
-    return a, b

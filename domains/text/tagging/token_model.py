@@ -24,11 +24,11 @@ from transformers import PreTrainedModel
 from adaptive_exit.training.losses import exit_weights, weighted_exit_loss
 from adaptive_exit.policies import build_policy
 from adaptive_exit.runtime.runner import EarlyExitRunner
-from adaptive_exit.runtime.staged import all_exit_outputs, select_rows
+from adaptive_exit.runtime.staged import all_exit_outputs
 
-from .hub import load_backbone
+from ..hub import load_backbone
+from ..modeling import EarlyExitConfig, EarlyExitOutput, EncoderStages
 from .conll import IGNORE
-from .modeling import EarlyExitConfig, EarlyExitOutput, EncoderStages
 
 CERTAIN_LOGIT = 30.0  # softmax([30, 0, ...]) has normalised entropy < 1e-11
 
@@ -51,6 +51,8 @@ def certain_logits(num_labels: int, like: Tensor) -> Tensor:
 
 class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
     """An encoder with a token-tagging exit after every layer (sentence-level exits)."""
+
+    row_state = {"scored": "rows"}  # which positions carry a tag (kept at full width: no trimming)
 
     def __init__(self, config: EarlyExitConfig, backbone: nn.Module | None = None):
         super().__init__(config)
@@ -82,7 +84,7 @@ class EarlyExitForTokenClassification(EncoderStages, PreTrainedModel):
     def select(self, state: dict[str, Any], keep: Tensor) -> dict[str, Any]:
         # Unlike sentence classification, padding columns are kept: every exit output of
         # a batch must have the same number of token positions.
-        return {**self.select_rows(state, keep, trim=False), "scored": select_rows(state["scored"], keep)}
+        return self.select_rows(state, keep, trim=False)
 
     def exit_parameters(self):
         yield from self.classifiers.parameters()

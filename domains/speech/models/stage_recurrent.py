@@ -28,59 +28,31 @@ from torch import Tensor, nn
 
 from adaptive_exit.runtime.staged import select_rows
 
-from .audio import SAMPLE_RATE
-from .stft import STFT
-
+from ..audio import SAMPLE_RATE
+from ..stft import STFT
+from .base import EnhancerConfig, complex_mask, frame_mask, register_architecture
 
 OUTPUT_FORMS = ("masked-mapping", "mapping", "refine")
-ARCHITECTURES = ("dual-path", "dprnn", "stage-recurrent")
 
 
 @dataclass
-class EnhancerConfig:
-    """The model and its training loss (a recipe's ``model:`` section); saved with the weights."""
-
-    architecture: str = "dual-path"  # dual-path (causal, streams; dual_path.py) | stage-recurrent (this module)
-    num_stages: int = 6
-    hidden: int = 128  # features per frame (stage-recurrent) or channels per sub-band (dual-path)
-    downsample: int = 3  # dual-path: stride-2 frequency convolutions in the encoder (161 bins -> 81 -> 41 -> 21 sub-bands)
+class StageRecurrentConfig(EnhancerConfig):
+    architecture: str = "stage-recurrent"
+    hidden: int = 128
     time_kernel: int = 3
     dilations: list = field(default_factory=lambda: [1, 2, 4])
-    shared: bool = True  # stage-recurrent only: one set of weights for every stage
-    causal: bool = False  # stage-recurrent only (dual-path is always causal)
+    shared: bool = True  # one set of weights for every stage
+    causal: bool = False  # time convolutions without look-ahead
     output: str = "masked-mapping"  # masked-mapping (bounded complex mask on the noisy + residual) | refine (on the previous estimate) | mapping
-    compress: float = 0.5  # power-law compression of spectrum magnitudes
-    loss_alpha: float = 0.5  # alpha * complex + (1 - alpha) * magnitude, on compressed spectra
-    si_sdr_weight: float = 0.0  # optional SI-SDR term on the waveform of every stage
-    change_weight: float = 0.0  # penalty on each stage's relative change of the previous estimate (convergence regularizer)
-    target_snr_step_db: float = 0.0  # progressive learning: stage q < last trains towards clean + noise attenuated by q * step dB; 0 = clean for every stage
-    rnn_groups: int = 2  # dprnn only: channels split into this many independent GRUs
-    head_width: int = 8  # dprnn only: features per bin in the exit heads
-    init_from: str | None = None  # training starts from this saved model's weights (same architecture and sizes); kept as a record
 
     def __post_init__(self):
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"model.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        super().__post_init__()
         if self.output not in OUTPUT_FORMS:
             raise ValueError(f"model.output must be one of {OUTPUT_FORMS}, got {self.output!r}")
-        if not 1 <= self.downsample <= 6:
-            raise ValueError(f"model.downsample must be 1..6 (stride-2 frequency convolutions), got {self.downsample}")
-        if self.num_stages < 1 or self.hidden < 1 or self.time_kernel < 1:
-            raise ValueError(f"model.num_stages, hidden and time_kernel must be >= 1, got "
-                             f"{self.num_stages}, {self.hidden}, {self.time_kernel}")
+        if self.time_kernel < 1:
+            raise ValueError(f"model.time_kernel must be >= 1, got {self.time_kernel}")
         if not self.dilations or any(not isinstance(d, int) or d < 1 for d in self.dilations):
             raise ValueError(f"model.dilations must be a non-empty list of integers >= 1, got {self.dilations}")
-        if not 0 < self.compress <= 1:
-            raise ValueError(f"model.compress must be in (0, 1], got {self.compress}")
-        if not 0 <= self.loss_alpha <= 1:
-            raise ValueError(f"model.loss_alpha must be in [0, 1], got {self.loss_alpha}")
-        for name in ("si_sdr_weight", "change_weight", "target_snr_step_db"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)}")
-
-    @property
-    def freq_bins(self) -> int:
-        return STFT().freq_bins
 
 
 class TimeConv(nn.Module):
@@ -114,7 +86,7 @@ class Stage(nn.Module):
     cell over the stage index (the memory), and a residual complex-spectrum update.
     """
 
-    def __init__(self, cfg: EnhancerConfig):
+    def __init__(self, cfg: StageRecurrentConfig):
         super().__init__()
         d, f = cfg.hidden, cfg.freq_bins
         self.inp = nn.Conv1d(4 * f, d, 1)
@@ -142,15 +114,6 @@ class Stage(nn.Module):
         return estimate * mask.unsqueeze(1), h
 
 
-def complex_mask(raw: Tensor, spec: Tensor) -> Tensor:
-    """Apply a complex ratio mask with magnitude bounded by tanh (< 1) to (B, 2, F, T) spectra."""
-    real, imag = raw[:, 0], raw[:, 1]
-    magnitude = torch.sqrt(real**2 + imag**2 + 1e-8)
-    scale = torch.tanh(magnitude) / magnitude
-    m_re, m_im = real * scale, imag * scale
-    return torch.stack([m_re * spec[:, 0] - m_im * spec[:, 1], m_re * spec[:, 1] + m_im * spec[:, 0]], 1)
-
-
 class ProgressiveEnhancer(nn.Module):
     """Stage-wise complex spectral mapping; see the module docstring. It owns its
     config (``model.config``), sample rate and STFT front end."""
@@ -159,11 +122,8 @@ class ProgressiveEnhancer(nn.Module):
     state_names = ("noisy", "estimate", "h", "mask")  # the offline state, in export order
     stage_updates = ("estimate", "h")  # what each stage changes
 
-    def __init__(self, cfg: EnhancerConfig):
+    def __init__(self, cfg: StageRecurrentConfig):
         super().__init__()
-        if cfg.architecture != "stage-recurrent":
-            raise ValueError(f"ProgressiveEnhancer is the stage-recurrent model; build {cfg.architecture!r} with "
-                             "build_enhancer(config)")
         self.config = cfg
         self.stft = STFT(compress=cfg.compress)
         self.num_stages = cfg.num_stages
@@ -175,8 +135,7 @@ class ProgressiveEnhancer(nn.Module):
 
     def begin(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         noisy, frames = batch["noisy_spec"], batch["frames"]
-        mask = (torch.arange(noisy.shape[-1], device=noisy.device)[None, :] < frames[:, None].to(noisy.device))
-        mask = mask[:, None, :].to(noisy.dtype)  # (B, 1, T)
+        mask = frame_mask(noisy, frames)  # (B, 1, T)
         h = noisy.new_zeros(noisy.shape[0], self.config.hidden, noisy.shape[3])
         return {"noisy": noisy, "estimate": noisy, "h": h, "mask": mask}
 
@@ -197,14 +156,4 @@ class ProgressiveEnhancer(nn.Module):
         return self.parameters()
 
 
-def build_enhancer(cfg: EnhancerConfig) -> nn.Module:
-    """The progressive enhancer a config describes (its ``architecture``)."""
-    if cfg.architecture == "dual-path":
-        from .dual_path import DualPathEnhancer
-
-        return DualPathEnhancer(cfg)
-    if cfg.architecture == "dprnn":
-        from .dprnn import DualPathRNNEnhancer
-
-        return DualPathRNNEnhancer(cfg)
-    return ProgressiveEnhancer(cfg)
+register_architecture("stage-recurrent", StageRecurrentConfig, ProgressiveEnhancer)

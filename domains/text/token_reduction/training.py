@@ -29,7 +29,7 @@ import copy
 import logging
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -256,7 +256,3 @@ def train_token_reduction(model, samples: Sequence[Any], collate: Callable, cfg:
     if model.reducer.cfg.method == "trbert":
         return train_trbert(model, samples, collate, cfg)
     return train_ltp(model, samples, collate, cfg)
-
-
-def config_dict(cfg: TokenReductionTrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
