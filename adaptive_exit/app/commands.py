@@ -20,27 +20,16 @@ EXAMPLE_RECIPE = "recipes/core/toy/demo.yaml"
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
 
 
-def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high], else a one-line parse error."""
-    def parse(text: str) -> int:
+def bounded(kind: type, low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` (int or float) in [low, high], else a one-line parse error."""
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high if high is not None else 'inf'}, got {value}")
-        return value
-    return parse
-
-
-def bounded_float(low: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value >= low or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"expected a finite number >= {low:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (low <= value and (high is None or value <= high)) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} in "
+                                             f"{low:g}..{'inf' if high is None else f'{high:g}'}, got {text}")
         return value
     return parse
 
@@ -213,9 +202,9 @@ class ServeCommand(Command):
         parser.add_argument("--policy", default=None, help="the exit policy without --slo, e.g. full or entropy:0.3 "
                                                            "(default: the model's calibrated default policy)")
         parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-        parser.add_argument("--port", type=bounded_int(1, 65535), default=8000, help="port, 1..65535 (default: 8000)")
-        parser.add_argument("--max-batch", type=bounded_int(1, 4096), default=32, help="largest batch, 1..4096 (default: 32)")
-        parser.add_argument("--max-wait-ms", type=bounded_float(0.0), default=5.0,
+        parser.add_argument("--port", type=bounded(int, 1, 65535), default=8000, help="port, 1..65535 (default: 8000)")
+        parser.add_argument("--max-batch", type=bounded(int, 1, 4096), default=32, help="largest batch, 1..4096 (default: 32)")
+        parser.add_argument("--max-wait-ms", type=bounded(float, 0.0), default=5.0,
                             help="how long the first request of a batch waits for others, >= 0 (default: 5 ms)")
 
     def run(self, args, explicit_threads):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..stft import STFT
+from .layers import Encoder, ExitHead
 
 
 @dataclass
@@ -135,6 +136,20 @@ class CausalStages:
 
     state_names = ("noisy", "features", "latent", "estimate", "mask")  # the offline state, in export order
     stage_updates = ("latent", "estimate")  # what each stage changes
+
+    def build(self, cfg: EnhancerConfig, block: Callable[[int], nn.Module], head_width: int) -> None:
+        """The parts every causal enhancer has: its STFT, the encoder (161 bins folded into
+        sub-bands), stage ``k``'s ``block(k)`` and an exit head per stage."""
+        from ..audio import SAMPLE_RATE
+
+        self.config, self.sample_rate = cfg, SAMPLE_RATE
+        self.stft = STFT(compress=cfg.compress)
+        self.num_stages = cfg.num_stages
+        bins = self.stft.freq_bins
+        self.encoder = Encoder(cfg.hidden, cfg.downsample, bins)
+        self.bands = self.encoder.bands[-1]
+        self.blocks = nn.ModuleList(block(k) for k in range(cfg.num_stages))
+        self.heads = nn.ModuleList(ExitHead(cfg.hidden, bins, self.bands, head_width) for _ in range(cfg.num_stages))
 
     def encode(self, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
         """(B, 2, F, T) noisy spectrum -> (features (B, T, F, 3), latent (B, T, bands, C)) by

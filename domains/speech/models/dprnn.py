@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from .base import CausalStages, EnhancerConfig, StreamState, complex_mask, register_architecture
-from .dual_path import Encoder, ExitHead
 
 
 @dataclass
@@ -119,17 +118,7 @@ class DualPathRNNEnhancer(CausalStages, nn.Module):
 
     def __init__(self, cfg: DPRNNConfig):
         super().__init__()
-        from ..audio import SAMPLE_RATE
-        from ..stft import STFT
-
-        self.config, self.sample_rate = cfg, SAMPLE_RATE
-        self.stft = STFT(compress=cfg.compress)
-        self.num_stages = cfg.num_stages
-        bins = self.stft.freq_bins
-        self.encoder = Encoder(cfg.hidden, cfg.downsample, bins)
-        self.bands = self.encoder.bands[-1]
-        self.blocks = nn.ModuleList(DualPathRNNBlock(cfg.hidden, cfg.rnn_groups) for _ in range(cfg.num_stages))
-        self.heads = nn.ModuleList(ExitHead(cfg.hidden, bins, self.bands, cfg.head_width) for _ in range(cfg.num_stages))
+        self.build(cfg, lambda k: DualPathRNNBlock(cfg.hidden, cfg.rnn_groups), cfg.head_width)
 
     def stage(self, k: int, latent: Tensor, features: Tensor, noisy: Tensor, memory: StreamState) -> tuple[Tensor, Tensor]:
         """Stage k on a latent: (new latent, the stage's estimate (B, 2, F, T))."""
