@@ -88,6 +88,9 @@ def sweep_recipe(name: str, entry: SweepEntry, budgets: list[BudgetSpec], base: 
 
 
 def run_budget_sweep(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    from adaptive_exit.app.recipes import resolve_recipe
+
+    path = resolve_recipe(path)
     data = apply_overrides(load_yaml(path), overrides or [])
     cfg = from_dict(BudgetSweepConfig, data, source=str(path))
     entries = {name: from_dict(SweepEntry, value, f"domains.{name}", str(path)) for name, value in cfg.domains.items()}

@@ -15,7 +15,7 @@ from typing import Callable
 
 logger = logging.getLogger(__name__)
 
-EXAMPLE_RECIPE = "recipes/core/toy/demo.yaml"
+EXAMPLE_RECIPE = "toy-demo"
 #: a command-line ``key.path=value`` override
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
 
@@ -263,6 +263,43 @@ class BudgetSweepCommand(Command):
         return 0
 
 
+class RecipesCommand(Command):
+    name = "recipes"
+    summary = "list the shipped recipes, show one, or copy one out to edit"
+    description = ("The recipes that ship with adaptive-exit, by name (any command that takes a recipe takes a name "
+                   "too). Without arguments: their names, domains and what each does. 'show NAME' prints one; "
+                   "'copy NAME [DEST]' writes it to DEST (default ./NAME.yaml) to edit, never over an existing file.")
+    examples = ("adaptive-exit recipes", "adaptive-exit recipes show toy-demo",
+                "adaptive-exit recipes copy sst2-pabee my-sst2.yaml")
+
+    def add_arguments(self, parser):
+        parser.add_argument("action", nargs="?", choices=["list", "show", "copy"], default="list",
+                            help="list (default), show NAME, or copy NAME [DEST]")
+        parser.add_argument("name", nargs="?", help="a recipe name (see the list)")
+        parser.add_argument("destination", nargs="?", help="copy: the file or folder to write (default ./NAME.yaml)")
+
+    def threads(self, args, explicit):
+        pass
+
+    def run(self, args, explicit_threads):
+        from adaptive_exit.app.recipes import copy_recipe, describe, recipes_root, resolve_recipe, shipped_recipes
+
+        if args.action == "list":
+            recipes = shipped_recipes()
+            width = max(map(len, recipes))
+            for name, path in recipes.items():
+                domain = path.relative_to(recipes_root()).parts[0] if len(path.relative_to(recipes_root()).parts) > 2 else "several"
+                print(f"{name:<{width}}  {domain:<8}  {describe(path)}")
+            return 0
+        if not args.name:
+            raise ValueError(f"recipes {args.action} needs a recipe name (adaptive-exit recipes lists them)")
+        if args.action == "show":
+            print(resolve_recipe(args.name).read_text(encoding="utf-8"), end="")
+            return 0
+        print(f"copied {args.name} to {copy_recipe(args.name, args.destination)}")
+        return 0
+
+
 def _core_commands() -> dict[str, Command]:
     commands: list[Command] = [
         RecipeCommand("run", "train, evaluate, sweep and calibrate a recipe in one go",
@@ -284,7 +321,7 @@ def _core_commands() -> dict[str, Command]:
                       "Replay policy families on the recorded trace of the eval split (milliseconds, no model run) "
                       "and rewrite results.json, sweep.csv and plot.png.",
                       (f"adaptive-exit sweep {EXAMPLE_RECIPE} \"eval.sweeps={{max_prob: [0.6, 0.8, 0.9]}}\"",)),
-        CalibrateCommand(), ExportCommand(), ServeCommand(), BudgetSweepCommand(),
+        CalibrateCommand(), ExportCommand(), ServeCommand(), BudgetSweepCommand(), RecipesCommand(),
     ]
     return {c.name: c for c in commands}
 

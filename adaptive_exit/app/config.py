@@ -5,8 +5,11 @@ values are type-checked against the dataclass field types.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
+import difflib
 import importlib
 import math
 import os
@@ -14,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import yaml
 
@@ -110,9 +113,13 @@ def bounded_yaml(text: str, where: str) -> Any:
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
+    """A recipe file (or a shipped recipe's name) as a dict, within the recipe limits."""
+    from adaptive_exit.app.recipes import resolve_recipe
+
+    try:
+        path = resolve_recipe(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
     size, cap = path.stat().st_size, int(limit("recipe_bytes"))
     if size > cap:
         raise ConfigError(f"{path}: {size:,} bytes, over the {cap:,}-byte limit for recipes (limit recipe_bytes)")
@@ -183,9 +190,33 @@ def _numeric(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- validation
 
+_ORIGINS: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("recipe_origins", default={})
+
+
+def _where(path: str, source: str) -> str:
+    """Where a key's value came from, for error messages: the override that set it (or set a
+    section above it), else the recipe file."""
+    for key, override in _ORIGINS.get().items():
+        if path == key or path.startswith(key + "."):
+            return f" in the override {quoted(override)}"
+    return f" in {source}" if source else ""
+
+
+@contextlib.contextmanager
+def blaming(recipe: "Recipe") -> Iterator[None]:
+    """Errors raised while parsing the recipe's sections name the override that set a value
+    (``recipe.overrides``) instead of the file."""
+    token = _ORIGINS.set(getattr(recipe, "origins", {}))
+    try:
+        yield
+    finally:
+        _ORIGINS.reset(token)
+
+
 def from_dict(cls: type, data: Any, path: str = "", source: str = "") -> Any:
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys and bad types."""
-    where = f" in {source}" if source else ""
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys (with the nearest valid
+    one) and bad types."""
+    where = _where(path, source) if path else (f" in {source}" if source else "")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -195,11 +226,13 @@ def from_dict(cls: type, data: Any, path: str = "", source: str = "") -> Any:
     for key in data:
         if key not in names:
             full = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key '{full}'{where}; valid keys here: {', '.join(names)}")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"unknown key '{full}'{_where(full, source)}; {hint}valid keys here: {', '.join(names)}")
     values = {}
     for key, value in data.items():
         full = f"{path}.{key}" if path else key
-        values[key] = _check(hints[key], value, full, where, source)
+        values[key] = _check(hints[key], value, full, _where(full, source), source)
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -251,14 +284,24 @@ def _check(hint: Any, value: Any, path: str, where: str, source: str) -> Any:
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Load, override and validate a recipe. Returns (Recipe, resolved dict)."""
-    return recipe_from_dict(load_yaml(path), overrides, str(path))
+    from adaptive_exit.app.recipes import resolve_recipe
+
+    data = load_yaml(path)
+    return recipe_from_dict(data, overrides, str(resolve_recipe(path)))
 
 
 def recipe_from_dict(data: dict, overrides: list[str] | None = None, source: str = "") -> tuple[Recipe, dict]:
-    """Override and validate a recipe given as a dict (e.g. built by a command)."""
+    """Override and validate a recipe given as a dict (e.g. built by a command). Errors in a
+    value an override set name the override, not the file."""
     data = apply_overrides(data, overrides or [])
+    origins = {item.partition("=")[0].strip(): item for item in overrides or [] if "=" in item}
     import_plugins(data.get("plugins"), source)
-    recipe = from_dict(Recipe, data, source=source)
+    token = _ORIGINS.set(origins)
+    try:
+        recipe = from_dict(Recipe, data, source=source)
+    finally:
+        _ORIGINS.reset(token)
+    recipe.origins, recipe.source = origins, source
     return recipe, recipe_to_dict(recipe)
 
 

@@ -187,6 +187,23 @@ def get_domain(name: str) -> Domain:
     return register_domain(domain)
 
 
+def recipe_hint(folder: Path) -> str:
+    """'; `adaptive-exit run NAME` makes it' when a shipped recipe writes that folder."""
+    from adaptive_exit.app.config import load_yaml
+    from adaptive_exit.app.recipes import shipped_recipes
+
+    if folder.name != "model":
+        return ""
+    for name, path in shipped_recipes().items():
+        try:
+            run_dir = load_yaml(path).get("run_dir")
+        except ValueError:
+            continue
+        if run_dir and Path(run_dir) == folder.parent or (run_dir and Path(run_dir).name == folder.parent.name):
+            return f" (`adaptive-exit run {name}` makes it)"
+    return ""
+
+
 def model_domain(folder: str | Path) -> str:
     """Which domain a saved (or exported) model folder belongs to: its config.json or
     manifest.json says; older folders are named by the run's config.yaml beside them."""
@@ -206,7 +223,7 @@ def model_domain(folder: str | Path) -> str:
         if data.get("domain"):
             return str(data["domain"])
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
+        raise FileNotFoundError(f"model folder not found: {folder}{recipe_hint(folder)}")
     raise ValueError(f"cannot tell which domain the model in {folder} belongs to (no 'domain' in its config.json)")
 
 

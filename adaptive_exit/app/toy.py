@@ -45,8 +45,12 @@ class ToyDataConfig:
     input_dim: int = bounded(16, ge=1)
     num_classes: int = bounded(4, ge=2)
     task_seed: int = bounded(1234, ge=0)
+    depth_weights: list | None = None  # how often a sample's label needs 1, 2, ... 6 maps (marked in the input); None: always 6
 
     def __post_init__(self) -> None:
+        if self.depth_weights is not None and (not 1 <= len(self.depth_weights) <= 6 or any(
+                not isinstance(w, (int, float)) or w < 0 for w in self.depth_weights) or not sum(self.depth_weights) > 0):
+            raise ValueError(f"data.depth_weights must be 1 to 6 non-negative weights with a positive sum, got {self.depth_weights}")
         if self.min_len > self.max_len:
             raise ValueError(f"data.min_len ({self.min_len}) must be <= data.max_len ({self.max_len})")
 
@@ -105,7 +109,10 @@ def make_toy_samples(cfg: ToyDataConfig, size: int, seed: int) -> list[dict[str,
     A latent vector z is observed through 3-12 noisy tokens; the label is the
     argmax of a fixed random readout after six random ``tanh`` maps of z. The
     composition of maps is what makes deeper stages better; the noise and the
-    distance to a decision boundary make samples easy or hard. The teacher
+    distance to a decision boundary make samples easy or hard. With
+    ``depth_weights``, a sample's label needs only its own number of maps (drawn with
+    those weights and shown in the input): inputs that vary in difficulty, where
+    exiting per sample beats cutting every sample at the same depth. The teacher
     depends on ``task_seed`` only, the samples on ``seed``.
     """
     teacher = torch.Generator().manual_seed(cfg.task_seed)
@@ -113,14 +120,18 @@ def make_toy_samples(cfg: ToyDataConfig, size: int, seed: int) -> list[dict[str,
     maps = [torch.randn(dim, dim, generator=teacher) * (1.5 / dim**0.5) for _ in range(6)]
     readout = torch.randn(dim, cfg.num_classes, generator=teacher)
     gen = torch.Generator().manual_seed(seed)
+    weights = None if cfg.depth_weights is None else torch.tensor(cfg.depth_weights, dtype=torch.float64)
     samples = []
     for _ in range(size):
         length = int(torch.randint(cfg.min_len, cfg.max_len + 1, (1,), generator=gen))
         z = torch.randn(dim, generator=gen)
         x = z + 0.2 * torch.randn(length, dim, generator=gen)
-        for m in maps:
+        depth = len(maps) if weights is None else int(torch.multinomial(weights, 1, generator=gen)) + 1
+        for m in maps[:depth]:
             z = torch.tanh(z @ m)
-        samples.append({"x": x, "label": int((z @ readout).argmax())})
+        if weights is not None:
+            x[:, -1] = depth / len(maps)  # the input shows how hard it is (as length or plainness do in real data)
+        samples.append({"x": x, "label": int((z @ readout).argmax()), "depth": depth})
     return samples
 
 

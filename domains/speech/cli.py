@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
-
-
 
 COMMAND_HELP = {"enhance": "enhance noisy speech files with a saved progressive model under an exit policy"}
 
@@ -20,14 +19,19 @@ def register(subparsers, common=None) -> None:
         "own sample rate and length, under --output at the input's relative path; nothing that exists is "
         "overwritten without --overwrite, and inputs are never written. Each file gives one JSON record on "
         "stdout (stages used, real-time factor, or the error for that file); the rest are still enhanced.",
-        ["adaptive-exit enhance --input noisy/ --output enhanced/ --budget mean:0.5    # the shipped model",
+        ["adaptive-exit enhance --example --output enhanced/ --overwrite         # the shipped model on its example",
+         "adaptive-exit enhance --input noisy/ --output enhanced/ --budget mean:0.5    # the shipped model",
          "adaptive-exit enhance --model runs/speech-voicebank/model --input noisy/ --output enhanced/",
          "adaptive-exit enhance --model runs/speech-voicebank/model --input a.wav --output out/ --budget mean:0.5"],
         parents=[common] if common else [])
     parser.add_argument("--model", default=None, help="a saved or exported speech model folder (RUN_DIR/model); "
                                                        "default: the model shipped with the package")
-    parser.add_argument("--input", required=True, help="an audio file (.wav, .flac, .ogg) or a folder of them")
-    parser.add_argument("--output", required=True, help="folder for the enhanced WAVs (created if missing)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="an audio file (.wav, .flac, .ogg) or a folder of them")
+    source.add_argument("--example", action="store_true",
+                        help="the short noisy recording shipped with the package (VoiceBank+DEMAND p232_246, CC BY 4.0)")
+    parser.add_argument("--output", default="enhanced", help="folder for the enhanced WAVs (created if missing; "
+                                                             "default: ./enhanced)")
     parser.add_argument("--overwrite", action="store_true", help="replace output files that already exist")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--policy", help="exit policy, e.g. 'patience:1,threshold=0.02,distance=relative' "
@@ -67,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     each rank writes its own WAVs, and the main process prints all records in order."""
     from tqdm.auto import tqdm
 
-    from adaptive_exit.budgets import check_request_options, policy_for_request
+    import torch
+
+    from adaptive_exit.budgets import BudgetSpec, check_request_options, policy_for_request
     from adaptive_exit.runtime.distributed import current_shard, map_ordered
     from adaptive_exit.runtime.runner import EarlyExitRunner
     from adaptive_exit.runtime.staged import StreamingModel
@@ -81,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from .enhance import enhance_recording
     from .streaming import stream_file
 
+    if args.example:
+        from .examples import noisy_path
+
+        args.input = str(noisy_path())
     source, out_dir = Path(args.input), Path(args.output)
     if not source.exists():
         raise FileNotFoundError(f"--input {source} not found")
@@ -106,12 +116,15 @@ def run(args: argparse.Namespace) -> int:
 
     streams = isinstance(model, StreamingModel)  # causal models carry their state across chunks
 
+    budget = BudgetSpec.parse(args.budget) if args.budget else None
+    costs = [float(model.stage_cost(k)) for k in range(model.num_stages)]
+
     def enhance(path: Path) -> dict:
         record: dict = {"input": str(path)}
         target = targets[path]
         try:
             if target.exists() and not args.overwrite:
-                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+                raise FileExistsError(f"{target} exists; pass --overwrite to replace it, or another --output")
             io.remove_stale_temporaries(target.parent, target.name)  # left by an earlier run that was killed
             subtype = "FLOAT" if is_float_file(path) else "PCM_16"
             info = audio_header(path)
@@ -124,10 +137,25 @@ def run(args: argparse.Namespace) -> int:
                                      f"dual-path or dprnn); {args.model} does not stream")
                 record.update(_offline(path, target, subtype))
             if info.channels > 1:
-                record["channels"] = info.channels
                 record["note"] = f"{info.channels} channels were averaged to one (the output is mono)"
         except (ValueError, OSError, RuntimeError) as exc:  # this file fails; the others are still enhanced
             record["error"] = " ".join(str(exc).split())
+        return record
+
+    def _record(target: Path, mode: str, stages: float, compute: float, duration: float, rate: int, seconds: float,
+                clipped: int, **streaming) -> dict:
+        """One schema for offline and streamed files: stages used are counted from 1, the compute
+        is the share of the full model's (stage 1 includes the encoder, so 1 of 6 stages can cost
+        more than 1/6), figures are rounded."""
+        record = {"output": str(target), "mode": mode, "stages_used": round(stages, 2), "num_stages": model.num_stages,
+                  "compute": round(compute, 3), "duration_s": round(duration, 3), "sample_rate": rate,
+                  "processing_s": round(seconds, 3), "rtf": round(seconds / duration, 4),
+                  "chunk_ms": streaming.get("chunk_ms"), "chunk_latency_ms_p95": streaming.get("latency")}
+        if budget is not None:
+            record["budget"] = str(budget)
+            record["budget_met"] = not budget.kind_of.fraction or compute <= budget.value * (1 + 1e-9)
+        if clipped:
+            record["warning"] = f"{clipped} samples above full scale were clipped in the 16-bit output"
         return record
 
     def _offline(path: Path, target: Path, subtype: str) -> dict:
@@ -136,37 +164,35 @@ def run(args: argparse.Namespace) -> int:
         enhanced, result = enhance_recording(runner, audio, orig_sr, args.high_band)
         seconds = time.perf_counter() - start
         clipped = save_audio(target, enhanced, orig_sr, subtype)
-        duration = len(audio) / orig_sr
-        record = {"output": str(target), "mode": "offline", "exit_stage": int(result.exit_stage[0]),
-                  "stages_used": int(result.exit_stage[0]) + 1, "num_stages": model.num_stages,
-                  "cost_fraction": float(result.cost[0]) / result.full_cost, "duration_s": duration,
-                  "sample_rate": orig_sr, "processing_s": seconds, "rtf": seconds / duration}
-        return _clip_warning(record, clipped)
+        return _record(target, "offline", int(result.exit_stage[0]) + 1, float(result.cost[0]) / result.full_cost,
+                       len(audio) / orig_sr, orig_sr, seconds, clipped)
 
     def _streamed(path: Path, target: Path, subtype: str) -> dict:
         start = time.perf_counter()
         stats, facts = stream_file(model, path, target, runner.policy, args.chunk_ms, args.high_band, subtype)
         seconds = time.perf_counter() - start
-        duration = facts["samples"] / facts["sample_rate"]
-        record = {"output": str(target), "mode": "stream", "chunk_ms": args.chunk_ms, "mean_stages": stats.mean_stages,
-                  "num_stages": model.num_stages, "duration_s": duration, "sample_rate": facts["sample_rate"],
-                  "processing_s": seconds, "rtf": seconds / duration, "model_rtf": stats.rtf,
-                  "chunk_latency_ms_p95": stats.latency_ms(0.95)}
-        return _clip_warning(record, facts["clipped"])
+        return _record(target, "stream", stats.mean_stages, stats.compute_fraction(costs),
+                       facts["samples"] / facts["sample_rate"], facts["sample_rate"], seconds, facts["clipped"],
+                       chunk_ms=args.chunk_ms, latency=round(stats.latency_ms(0.95), 2))
 
     failures = printed = 0
+    spent = []
     bar = tqdm(total=len(files), desc="enhancing", unit="file", leave=False,
                disable=len(files) < 2 or not current_shard().is_main or not progress_enabled())
     for record in map_ordered(files, enhance):  # sharded by file under torchrun / accelerate launch
         printed += 1
         bar.update(1)
-        failures += "error" in record
+        if "error" in record:
+            failures += 1
+            print(f"adaptive-exit enhance: error: {record['input']}: {record['error']}", file=sys.stderr, flush=True)
+            continue
+        spent.append(record["compute"])
         print(json.dumps(record), flush=True)
     bar.close()
+    if budget is not None and budget.kind_of.fraction and spent:
+        achieved = budget.kind_of.measure(torch.tensor(spent, dtype=torch.float64))
+        if achieved > budget.value * (1 + 1e-9):
+            print(f"adaptive-exit enhance: warning: budget {budget} not met: the files used {achieved:.3f} of the full "
+                  f"compute ({budget.kind}); even the cheapest exit costs more on this model (its first stage "
+                  f"is {costs[0] / sum(costs):.2f} of it)", file=sys.stderr, flush=True)
     return 1 if printed and failures == printed else 0
-
-
-def _clip_warning(record: dict, clipped: int) -> dict:
-    if clipped:
-        record["warning"] = f"{clipped} samples above full scale were clipped in the 16-bit output"
-    return record

@@ -69,7 +69,8 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     "sst2": TaskSpec("sentence", None, "label", "classification", labels=("0", "1"), hf_name=("glue", "sst2"), folder="glue_sst2"),
     "stsb": TaskSpec("sentence1", "sentence2", "score", "regression", value_range=(0.0, 5.0), hf_name=("glue", "stsb"), folder="glue_stsb"),
-    "conll2003": TaskSpec("words", None, "tags", "token-classification", labels=CONLL2003_TAGS, folder="conll2003_en"),
+    "conll2003": TaskSpec("words", None, "tags", "token-classification", labels=CONLL2003_TAGS, folder="conll2003_en",
+                          hf_name=("eriktks/conll2003",)),
 }
 
 
@@ -211,8 +212,16 @@ def load_hf_split(task: TaskSpec, split: str) -> list[dict[str, Any]]:
         raise ValueError(f"this task ({task.kind}, folder {task.folder}) has no Hugging Face dataset name; "
                          "set data.hf_name, or point data.data_dir/data.files at its files")
     hf_split = {"dev": "validation"}.get(split, split)
-    rows = datasets.load_dataset(*task.hf_name, split=hf_split)
+    name = "/".join(task.hf_name)
+    try:
+        rows = datasets.load_dataset(*task.hf_name, split=hf_split)
+    except (FileNotFoundError, ConnectionError, ValueError, OSError) as exc:
+        raise FileNotFoundError(f"dataset {name} split {hf_split!r} could not be loaded "
+                                f"({' '.join(str(exc).split())[:200]}); offline it must be in the Hugging Face "
+                                "cache (HF_DATASETS_OFFLINE=1 uses the cache), or give data.data_dir/data.files") from None
     features = getattr(rows, "features", {}) or {}
+    if task.kind == "token-classification":
+        return _hf_tagged(rows, features, task, f"{name}[{hf_split}]")
     names = getattr(features.get(task.label), "names", None)
     out = []
     for i, row in enumerate(rows):
@@ -223,6 +232,23 @@ def load_hf_split(task: TaskSpec, split: str) -> list[dict[str, Any]]:
         label = None if task.kind == "classification" and raw == -1 else parse_label(raw, task, where)  # GLUE test: -1
         out.append({"text": _text(row[task.text], where, task.text), "where": where, "label": label,
                     "text_pair": _text(row[task.pair], where, task.pair) if task.pair else None})
+    return out
+
+
+def _hf_tagged(rows, features, task: TaskSpec, where: str) -> list[dict[str, Any]]:
+    """Word-tagged rows (``tokens`` and ``ner_tags`` as in CoNLL-2003 on the hub) as
+    ``{"words", "tags"}`` examples, tag ids mapped through the dataset's own tag names."""
+    words_key = "tokens" if "tokens" in features else task.text
+    tags_key = "ner_tags" if "ner_tags" in features else task.label
+    feature = features.get(tags_key)
+    names = getattr(getattr(feature, "feature", None), "names", None)
+    out = []
+    for i, row in enumerate(rows):
+        tags = [names[t] if names else str(t) for t in row[tags_key]]
+        if len(tags) != len(row[words_key]):
+            raise ValueError(f"{where}[{i}]: {len(row[words_key])} words but {len(tags)} tags")
+        if row[words_key]:
+            out.append({"words": list(row[words_key]), "tags": tags, "where": f"{where}[{i}]"})
     return out
 
 

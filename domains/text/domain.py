@@ -113,7 +113,9 @@ def task_spec(cfg: TextDataConfig) -> TaskSpec:
     if cfg.task in TASKS:
         spec = TASKS[cfg.task]
         return replace(spec, files=tuple(cfg.files.items()) or spec.files, format=cfg.format)
-    hf = tuple(cfg.hf_name.split("/", 1)) if cfg.hf_name else None
+    hf = None
+    if cfg.hf_name:  # "glue/mrpc" is (path, config); a local dataset folder is a path as a whole
+        hf = (cfg.hf_name,) if Path(expand_data_path(cfg.hf_name)).exists() else tuple(cfg.hf_name.split("/", 1))
     return TaskSpec(cfg.text_column, cfg.text_pair_column, cfg.label_column, cfg.task,
                     labels=tuple(str(x) for x in cfg.label_names or ()),
                     value_range=tuple(cfg.value_range) if cfg.value_range else None, hf_name=hf,
@@ -233,9 +235,12 @@ class TextDomain(Domain):
             else:
                 if data_cfg.data_dir:
                     folder = Path(expand_data_path(data_cfg.data_dir))
-                else:  # built-in tasks live in the shared data folder; declared files are relative to the working directory
+                else:  # built-in tasks live in the data folder; declared files are relative to the working directory
                     folder = Path(default_data_dir()) / task.folder if data_cfg.task in TASKS else Path(".")
-                examples = kind(task.kind).read(folder, task, split, conll_file)
+                try:
+                    examples = kind(task.kind).read(folder, task, split, conll_file)
+                except FileNotFoundError as exc:
+                    raise FileNotFoundError(missing_data_message(data_cfg, task, folder, exc)) from None
             self._split_cache[key] = examples
         return self._split_cache[key]
 
@@ -276,6 +281,20 @@ class TextDomain(Domain):
 
     def target_pad_value(self) -> float:
         return IGNORE
+
+
+def missing_data_message(data_cfg: TextDataConfig, task: TaskSpec, folder: Path, exc: Exception) -> str:
+    """What is missing, where it was looked for, and the one setting that provides it."""
+    what = f"data for task {data_cfg.task!r}"
+    where = " ".join(str(exc).split())
+    if data_cfg.task in TASKS and not data_cfg.data_dir:
+        env = os.environ.get("ADAPTIVE_EXIT_DATA")
+        source = f"ADAPTIVE_EXIT_DATA={env}" if env else "ADAPTIVE_EXIT_DATA is not set, so ../shared/data"
+        by_name = (f", or load it by name from the Hugging Face hub (or its offline cache) with data.hf_dataset=true "
+                   f"({'/'.join(task.hf_name)})") if task.hf_name else ""
+        return (f"{what} not found: {where} ({source}). Set ADAPTIVE_EXIT_DATA to the folder that holds "
+                f"{task.folder}/{by_name}; docs/data.md lists where each dataset comes from")
+    return f"{what} not found: {where}. Set data.data_dir or data.files (relative to the current folder), or data.hf_name"
 
 
 def conll_file(folder: Path, split: str) -> Path:

@@ -17,6 +17,7 @@ def _launch(cmd, tmp_path, **extra_env):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_process_training_ends_with_identical_weights(tmp_path, launcher):

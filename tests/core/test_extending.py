@@ -1,4 +1,4 @@
-"""The README's "Extending" examples run as written: a new policy and a new budget kind,
+"""The "Extending" guide's examples (docs/extending.md) run as written: a new policy and a new budget kind,
 each one class in one file, work in specs, replay, calibration, recipes and budget tables."""
 import re
 import sys
@@ -16,8 +16,7 @@ from tests.conftest import REPO
 
 
 def readme_examples() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Extending", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs" / "extending.md").read_text()
     return re.findall(r"```python\n(.*?)```", section, flags=re.S)
 
 

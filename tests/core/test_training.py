@@ -62,6 +62,7 @@ def exit_accuracies(model, samples):
         return [float((o.argmax(-1) == batch["labels"]).double().mean()) for o in all_exit_outputs(model.eval(), batch)]
 
 
+@pytest.mark.slow
 def test_toy_model_learns_and_exits_improve_with_depth(tmp_path):
     model, train, dev = _toy_setup()
     cfg = TrainConfig(max_steps=500, batch_size=64, lr=3e-3, progress=False, save_every=0)

@@ -56,6 +56,7 @@ def test_options_and_overrides_go_anywhere(tmp_path, toy_run, capsys):
     assert json.loads((toy_run / "calibration.json").read_text())["heldout"]["num_samples"] == 24
 
 
+@pytest.mark.slow
 def test_failures_that_used_to_be_tracebacks(tmp_path, toy_run):
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "last.pt").write_bytes(b"\x80\x04garbage")

@@ -69,6 +69,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_process_evaluate_predict_enhance_equal_single_process(tmp_path):
     _prepare(tmp_path)

@@ -1,7 +1,6 @@
 """The shipped speech model: it loads from the package, enhances offline and streamed, and
 ``adaptive-exit enhance`` uses it when no --model is given."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,6 @@ from adaptive_exit.speech.enhance import enhance_waveform
 from adaptive_exit.speech.metrics import si_sdr
 from adaptive_exit.speech.streaming import StreamingEnhancer
 
-PAIRS = Path(os.environ.get("ADAPTIVE_EXIT_DATA", "../shared/data")) / "voicebank_demand_16k"
-
-
 def test_shipped_model_is_small_and_documented():
     folder = pretrained.path()
     assert pretrained.DEFAULT in pretrained.available()
@@ -31,16 +27,11 @@ def test_shipped_model_is_small_and_documented():
 
 
 def test_shipped_model_enhances_offline_and_streamed():
-    model, policy = load_speech_model(pretrained.path())
-    if PAIRS.is_dir():
-        name = sorted(p.name for p in (PAIRS / "noisy").glob("*.wav"))[0]
-        noisy, _ = sf.read(PAIRS / "noisy" / name, dtype="float32")
-        clean, _ = sf.read(PAIRS / "clean" / name, dtype="float32")
-    else:  # no shared data: a synthetic pair
-        from adaptive_exit.speech.data import SyntheticDataset
+    from adaptive_exit.speech.examples import clean_path, noisy_path
 
-        item = SyntheticDataset(1, 0, seconds=2.0)[0]
-        noisy, clean = item["noisy"], item["clean"]
+    model, policy = load_speech_model(pretrained.path())
+    noisy, _ = sf.read(noisy_path(), dtype="float32")  # the recording shipped with the package (no data needed)
+    clean, _ = sf.read(clean_path(), dtype="float32")
     enhanced, result = enhance_waveform(EarlyExitRunner(model, "full"), noisy)
     assert len(enhanced) == len(noisy) and np.all(np.isfinite(enhanced))
     assert float(si_sdr(clean, enhanced)) > float(si_sdr(clean, noisy)) + 3.0  # it really denoises
@@ -57,3 +48,14 @@ def test_enhance_without_model_uses_the_shipped_one(tmp_path, capsys):
     assert main(["enhance", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--budget", "mean:0.5"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "error" not in record and Path(record["output"]).is_file()
+
+
+def test_the_example_recording_ships_with_its_licence():
+    from adaptive_exit.speech.examples import FOLDER, clean_path, noisy_path
+
+    assert sum(p.stat().st_size for p in (noisy_path(), clean_path())) <= 200 * 1024
+    noisy, rate = sf.read(noisy_path(), dtype="float32")
+    clean, _ = sf.read(clean_path(), dtype="float32")
+    assert rate == 16000 and len(noisy) == len(clean) > 16000
+    provenance = (FOLDER / "README.md").read_text()
+    assert "CC BY 4.0" in provenance and "doi:10.7488/ds/2117" in provenance and "md5" in provenance

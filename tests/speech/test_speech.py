@@ -232,6 +232,7 @@ def test_enhance_cli_writes_same_length_and_rate(tmp_path, capsys):
         assert rec["stages_used"] <= 2 and rec["cost_fraction"] <= 0.5  # the budget caps every file
 
 
+@pytest.mark.slow
 def test_quickstart_recipe_smoke(tmp_path):
     code = main(["run", str(REPO / "recipes/speech/quickstart/quickstart.yaml"), f"run_dir={tmp_path}", "train.max_steps=30",
                  "train.progress=false", "data.train_size=96", "data.dev_size=4", "eval.timing_repeats=1",

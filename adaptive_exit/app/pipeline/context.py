@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
-from adaptive_exit.app.config import Recipe, from_dict
+from adaptive_exit.app.config import Recipe, blaming, from_dict
 from adaptive_exit.app.domain import Domain, get_domain
 from adaptive_exit.budgets import BudgetSpec
 from adaptive_exit.policies import ExitPolicy, build_policy
@@ -30,8 +30,10 @@ class RunContext:
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
         self.domain: Domain = get_domain(recipe.domain)
-        self.model_cfg = self.domain.parse_model_config(recipe.model)
-        self.data_cfg = from_dict(self.domain.data_config, recipe.data, "data")
+        source = getattr(recipe, "source", "")
+        with blaming(recipe):
+            self.model_cfg = self.domain.parse_model_config(recipe.model, source)
+            self.data_cfg = from_dict(self.domain.data_config, recipe.data, "data", source)
         self.run_dir = Path(recipe.run_dir)
         self.model_dir = self.run_dir / "model"
         self.shard = current_shard()

@@ -27,8 +27,8 @@ class TrainStep:
         run, recipe, domain = self.run, self.run.recipe, self.run.domain
         save_resolved(recipe, run.run_dir)
         set_seed(recipe.seed)
+        train_data = run.samples("train")  # missing data is reported before a model is loaded
         model = domain.build_model(run.model_cfg, run.data_cfg)
-        train_data = run.samples("train")
         collate = lambda samples: domain.collate(model, samples)  # noqa: E731
         lengths = [domain.sample_length(s) or 0 for s in train_data] if recipe.train.group_by_length else None
         trainer = Trainer(model, train_data, collate, domain.objective(recipe.train, model), recipe.train, run.run_dir,

@@ -45,6 +45,12 @@ class StreamStats:
         frames = sum(c.frames for c in self.chunks)
         return sum(c.stages * c.frames for c in self.chunks) / max(frames, 1)
 
+    def compute_fraction(self, stage_costs: list[float]) -> float:
+        """The stream's compute as a share of running every chunk to full depth."""
+        cumulative = np.cumsum(stage_costs)
+        frames = sum(c.frames for c in self.chunks)
+        return float(sum(c.frames * cumulative[c.stages - 1] for c in self.chunks) / max(frames * cumulative[-1], 1e-12))
+
     def latency_ms(self, q: float = 0.95) -> float:
         """The q-quantile of per-chunk processing time, ms."""
         values = sorted(1000 * c.seconds for c in self.chunks)
