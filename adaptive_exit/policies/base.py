@@ -116,7 +116,7 @@ def integer_arg(value: Any, what: str, minimum: int, maximum: int = 1_000_000) -
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
-        raise ValueError(f"{what} must be an integer in {minimum}..{maximum:,}, got {shown}")
+        raise ValueError(f"{what} must be an integer >= {minimum} and <= {maximum:,}, got {shown}")
     return value
 
 

@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
                                      f"dual-path or dprnn); {args.model} does not stream")
                 record.update(_offline(path, target, subtype))
             if info.channels > 1:
+                record["channels"] = info.channels
                 record["note"] = f"{info.channels} channels were averaged to one (the output is mono)"
         except (ValueError, OSError, RuntimeError) as exc:  # this file fails; the others are still enhanced
             record["error"] = " ".join(str(exc).split())

@@ -19,8 +19,10 @@ def test_overrides_are_parsed_as_yaml():
 
 
 def test_unknown_key_names_its_path():
-    with pytest.raises(ConfigError, match=r"unknown key 'train\.lr_rate'.*demo.yaml"):
-        load_recipe(DEMO, ["train.lr_rate=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.lr_rate' in the override 'train.lr_rate=0.1'"):
+        load_recipe(DEMO, ["train.lr_rate=0.1"])  # blamed on the override that set it, not the file
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.hiden'.*did you mean 'hidden'"):
+        load_recipe(DEMO, ["model.hiden=3"])
     with pytest.raises(ConfigError, match=r"unknown key 'colour'"):
         load_recipe(DEMO, ["colour=red"])
 

@@ -8,6 +8,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -23,6 +25,7 @@ def first_screen_commands() -> list[str]:
     return commands
 
 
+@pytest.mark.slow
 def test_the_first_screen_runs_from_an_empty_folder(tmp_path):
     commands = first_screen_commands()
     assert len(commands) >= 3 and any(" run " in c for c in commands) and any("enhance" in c for c in commands)

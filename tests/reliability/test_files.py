@@ -70,7 +70,9 @@ def test_enhance_keeps_same_stem_inputs_distinct_and_never_overwrites(tmp_path, 
     # a second run does not replace what the first wrote, unless asked
     stamp = {o: os.stat(o).st_mtime_ns for o in outputs}
     assert main(["enhance", "--model", str(speech_model), "--input", str(inputs), "--output", str(out)]) == 1
-    assert all("exists; pass --overwrite" in json.loads(l)["error"] for l in capsys.readouterr().out.splitlines())
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert captured.out == "" and len(errors) == 3 and all("exists; pass --overwrite" in e for e in errors)
     assert {o: os.stat(o).st_mtime_ns for o in outputs} == stamp
     assert main(["enhance", "--model", str(speech_model), "--input", str(inputs), "--output", str(out), "--overwrite"]) == 0
 

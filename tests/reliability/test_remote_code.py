@@ -98,7 +98,7 @@ def test_run_refuses_a_backbone_with_custom_code(tmp_path):
     data.write_text('{"text": "a good movie", "label": 1}\n{"text": "bad", "label": 0}\n')
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"domain: text\nrun_dir: {tmp_path / 'run'}\nmodel:\n  name_or_path: {folder}\n"
-                      f"data:\n  files: {{train: {data}, dev: {data}}}\n")
+                      f"data:\n  task: classification\n  files: {{train: {data}, dev: {data}}}\n")
     result = cli("train", str(recipe), stdin=b"y\n")
     assert not marker.exists()
     _assert_refused(result, "config.json")
