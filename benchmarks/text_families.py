@@ -1,7 +1,9 @@
-"""Overhead of the layer-by-layer encoder runner at full depth vs each model's own forward.
+"""Overhead of the layer-by-layer runner at full depth vs each model's own forward.
 
-For every encoder family the runner supports, a randomly initialised model of
-MiniLM-like size (6 layers, hidden 384, 12 heads, FFN 1536) runs the same batch
+For every encoder family the runner supports, and every decoder-only family run as a
+classifier (GPT-2, Llama, Qwen2, Qwen3, Mistral, Gemma2, Phi-3; no KV cache, positions
+counted over real tokens), a randomly initialised model of MiniLM-like size (6 layers,
+hidden 384, 12 heads, FFN 1536) runs the same batch
 (32 inputs of up to 128 tokens, some padded) two ways:
 
 * ``own``: ``backbone(input_ids, attention_mask).last_hidden_state``;
@@ -53,7 +55,15 @@ FAMILIES = {
     "deberta-v2": ("DebertaV2Config", {"relative_attention": True, "position_buckets": 256, "pos_att_type": ["p2c", "c2p"]}),
     "modernbert": ("ModernBertConfig", {"global_attn_every_n_layers": 3, "local_attention": 64, "bos_token_id": 2,
                                         "eos_token_id": 3, "cls_token_id": 2, "sep_token_id": 3}),
+    "gpt2": ("GPT2Config", {}),
+    "llama": ("LlamaConfig", {"num_key_value_heads": 4}),
+    "qwen2": ("Qwen2Config", {"num_key_value_heads": 4}),
+    "qwen3": ("Qwen3Config", {"num_key_value_heads": 4, "head_dim": 32}),
+    "mistral": ("MistralConfig", {"num_key_value_heads": 4, "sliding_window": 64}),
+    "gemma2": ("Gemma2Config", {"num_key_value_heads": 4, "head_dim": 32, "sliding_window": 64, "query_pre_attn_scalar": 32}),
+    "phi3": ("Phi3Config", {"num_key_value_heads": 4}),
 }
+DECODERS = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3")
 
 
 def build(family: str):
@@ -61,6 +71,11 @@ def build(family: str):
     kwargs = dict(SIZE, **extra)
     if family == "distilbert":
         kwargs = dict(vocab_size=1000, dim=384, n_layers=6, n_heads=12, hidden_dim=1536, pad_token_id=0)
+    if family == "gpt2":
+        kwargs = dict(vocab_size=1000, n_embd=384, n_layer=6, n_head=12, n_inner=1536, pad_token_id=0, bos_token_id=1,
+                      eos_token_id=2)
+    if family in DECODERS and family != "gpt2":
+        kwargs.update(bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
     return transformers.AutoModel.from_config(getattr(transformers, name)(**kwargs)).eval()
 
@@ -94,8 +109,14 @@ def main() -> None:
         model = build(family)
         runner = LayerwiseEncoder(model)
 
+        if runner.causal:  # the runner's decoder inputs: no cache, positions over real tokens
+            positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+            own_inputs = {**inputs, "position_ids": positions, "use_cache": False}
+        else:
+            own_inputs = inputs
+
         def own():
-            return model(**inputs).last_hidden_state
+            return model(**own_inputs).last_hidden_state
 
         def layerwise():
             captured = runner.capture(inputs)
@@ -121,6 +142,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['family']} | {r['model']} | {r['own_ms']:.1f} | {r['layerwise_ms']:.1f} | {100 * r['overhead']:+.1f}% | {r['equal']} |")
     out = results_path("text_families.json", args.save)
+    if out.exists():  # a run over some families keeps the others' rows
+        earlier = [r for r in json.loads(out.read_text()).get("rows", []) if r["family"] not in args.families]
+        rows = earlier + rows
     out.write_text(json.dumps({"threads": args.threads, "batch": args.batch, "length": args.length, "repeats": args.repeats,
                                "size": SIZE, "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
                                "transformers": transformers.__version__, "rows": rows}, indent=2))

@@ -62,7 +62,7 @@ def expand_data_path(path: str) -> str:
 class TextModelConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
     head_style: str = "pabee"
-    pooling: str = "cls"
+    pooling: str = "auto"  # cls | mean | last | auto (last for decoder-only models, else cls)
     exit_dropout: float = bounded(0.1, ge=0, lt=1)
     max_seq_length: int = bounded(128, ge=2)
     from_classifier: bool = False  # name_or_path is a fine-tuned sequence classifier: keep its head as the last exit
@@ -245,12 +245,19 @@ class TextDomain(Domain):
         return self._split_cache[key]
 
     def load_split(self, data_cfg: TextDataConfig, split: str, seed: int) -> Sequence[Any]:
-        examples = self._examples(data_cfg, task_spec(data_cfg), split)
-        limit = {"train": data_cfg.train_subset, "dev": data_cfg.dev_subset, "test": data_cfg.test_subset}.get(split)
+        """A split's examples. ``train_rest`` is the training rows ``data.train_subset`` left
+        out: data no weight saw and no evaluation uses, for fitting a learned exit."""
+        rest = split == "train_rest"
+        examples = self._examples(data_cfg, task_spec(data_cfg), "train" if rest else split)
+        limit = {"train": data_cfg.train_subset, "train_rest": data_cfg.train_subset, "dev": data_cfg.dev_subset,
+                 "test": data_cfg.test_subset}.get(split)
+        if rest and not (limit and limit < len(examples)):
+            raise ValueError("split 'train_rest' is the training rows data.train_subset leaves out, and this recipe "
+                             f"trains on all {len(examples)} of them; set data.train_subset below that")
         if limit and limit < len(examples):
             order = list(range(len(examples)))
             random.Random(data_cfg.subset_seed).shuffle(order)
-            examples = [examples[i] for i in sorted(order[:limit])]
+            examples = [examples[i] for i in sorted(order[limit:] if rest else order[:limit])]
         if data_cfg.sort_eval_by_length and split != "train":
             examples = sorted(examples, key=lambda e: len(e["text"]) + len(e.get("text_pair") or ""))
         return examples

@@ -73,17 +73,19 @@ class LayerwiseEncoder:
         if model_type in UNSUPPORTED:
             raise ValueError(f"{type(backbone).__name__} ({model_type}) cannot run with per-layer exits: {UNSUPPORTED[model_type]}")
         if getattr(config, "is_encoder_decoder", False):
-            raise ValueError(f"{type(backbone).__name__} is an encoder-decoder model; early exit here needs a bidirectional "
-                             "encoder (BERT, RoBERTa, DeBERTa, ModernBERT, ...)")
-        if getattr(config, "is_decoder", False) or _is_decoder_only(model_type):
-            raise ValueError(f"{type(backbone).__name__} ({model_type}) is a decoder (causal attention); early exit here "
-                             "needs a bidirectional encoder (BERT, RoBERTa, DeBERTa, ModernBERT, ...)")
+            raise ValueError(f"{type(backbone).__name__} ({model_type}) is an encoder-decoder model: its decoder layers "
+                             "attend to an encoder's output, so a layer is not a stage of one stack; use an encoder or a "
+                             "decoder-only model")
+        # decoder-only language models run as classifiers: causal attention, pooled at the last real token
+        self.causal = bool(getattr(config, "is_decoder", False) or _is_decoder_only(model_type))
         self.backbone = backbone
         self.model_type = model_type
         self.override = override_for(model_type)
         self.num_layers = _num_layers(config)
         self._forward_params = set(inspect.signature(backbone.forward).parameters)
         self.accepted_inputs = {name for name in ENCODER_INPUTS if name in self._forward_params}
+        if self.causal:  # decoder classifiers take no token types (GPT-2 would add them to its embeddings)
+            self.accepted_inputs.discard("token_type_ids")
         self._layers: nn.ModuleList | None = None  # found on first use: from_pretrained builds models on the meta device
         self._returns_tuple: int | None = None  # what a layer returns: a Tensor (None) or a tuple of this length
 
@@ -214,8 +216,20 @@ class LayerwiseEncoder:
 
     # ------------------------------------------------------------------ running
 
-    def _filter(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: v for k, v in inputs.items() if k in self._forward_params and v is not None}
+    def _filter(self, inputs: dict[str, Tensor]) -> dict[str, Any]:
+        """The forward's own keyword arguments for ``inputs``. Decoders run without a KV cache
+        (classification needs none; a cache object in the recorded arguments would carry
+        state from one call to the next) and with positions counted over each row's real
+        tokens, so left and right padding give the same answers."""
+        filtered: dict[str, Any] = {k: v for k, v in inputs.items() if k in self._forward_params and v is not None
+                                    and not (self.causal and k == "token_type_ids")}
+        if "use_cache" in self._forward_params:
+            filtered["use_cache"] = False
+        if self.causal and "position_ids" in self._forward_params and "position_ids" not in filtered:
+            mask = filtered.get("attention_mask")
+            if mask is not None:
+                filtered["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        return filtered
 
     def capture(self, inputs: dict[str, Tensor], keep_events: list | None = None) -> Captured:
         """Embeddings and every layer's arguments for ``inputs`` (input_ids, attention_mask,
@@ -254,7 +268,8 @@ class LayerwiseEncoder:
             raise ValueError(f"{type(self.backbone).__name__} called none of its layers")
         first = calls[0]
         hidden = first.args[0] if isinstance(first.hidden_at, int) else first.kwargs[first.hidden_at]
-        return Captured(hidden, calls, {k: v for k, v in inputs.items() if isinstance(v, Tensor)}, marks)
+        kept = {k: v for k, v in filtered.items() if isinstance(v, Tensor)}  # with derived positions, as the layers saw them
+        return Captured(hidden, calls, {**{k: v for k, v in inputs.items() if isinstance(v, Tensor)}, **kept}, marks)
 
     def through_head(self, model: nn.Module, hidden: Tensor, inputs: dict[str, Tensor]) -> Any:
         """``model(**inputs)`` (a model built on this backbone, e.g. its fine-tuned

@@ -37,7 +37,7 @@ from .token_reduction.reducer import TokenReductionConfig
 
 HEAD_STYLES = ("pabee", "deebert")
 TASKS = ("classification", "regression", "token-classification")  # token: see token_model.py
-POOLINGS = ("cls", "mean")  # mean: for sentence-transformers encoders (all-MiniLM), trained with mean pooling
+POOLINGS = ("cls", "mean", "last", "auto")  # mean: sentence-transformers encoders (all-MiniLM); last: decoders; auto: last for decoders, else cls
 
 
 class EarlyExitConfig(PretrainedConfig):
@@ -53,7 +53,7 @@ class EarlyExitConfig(PretrainedConfig):
         head_style: str = "pabee",
         exit_dropout: float = 0.1,
         exit_weights: Any = "pabee",
-        pooling: str = "cls",
+        pooling: str = "auto",
         default_policy: str = "patience:2",
         max_seq_length: int = 128,
         label_names: list | None = None,
@@ -112,8 +112,16 @@ class EarlyExitOutput(ModelOutput):
     all_logits: Tensor | None = None
 
 
+def last_real(mask2d: Tensor) -> Tensor:
+    """Each row's last real (attended) position: right padding and left padding alike."""
+    positions = torch.arange(mask2d.shape[1], device=mask2d.device)
+    return (positions * mask2d.to(positions.dtype)).argmax(-1)
+
+
 class ExitPooler(nn.Module):
-    """tanh(W h + b) of the [CLS] state (BERT's pooler) or of the mean over real tokens."""
+    """tanh(W h + b) of the [CLS] state (BERT's pooler), of the mean over real tokens, or of
+    the last real token (``last``: what a decoder's sequence-classification head reads; it
+    works with left and right padding)."""
 
     def __init__(self, hidden: int, init_from: nn.Linear | None = None, pooling: str = "cls"):
         super().__init__()
@@ -126,6 +134,8 @@ class ExitPooler(nn.Module):
         if self.pooling == "mean":
             weights = mask2d.unsqueeze(-1).to(hidden_states.dtype)
             summary = (hidden_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        elif self.pooling == "last":
+            summary = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last_real(mask2d)]
         else:
             summary = hidden_states[:, 0]
         return torch.tanh(self.dense(summary))
@@ -264,6 +274,8 @@ class EarlyExitForSequenceClassification(EncoderStages, PreTrainedModel):
             self.original = classifier
             backbone = classifier.base_model
         hidden = self._attach_backbone(config, backbone, register=not converted)
+        if config.pooling == "auto":  # decoders are read at their last real token, encoders at [CLS]
+            config.pooling = "last" if self.adapter.causal else "cls"
         dense = self.adapter.pooler_dense() if converted else self.adapter.take_pooler()  # a converted head keeps its pooler
         num_new = self.num_stages - 1 if converted else self.num_stages
         if config.head_style == "pabee":

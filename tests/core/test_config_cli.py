@@ -6,6 +6,7 @@ import yaml
 
 from adaptive_exit.app.cli import main
 from adaptive_exit.app.config import ConfigError, apply_overrides, load_recipe
+from adaptive_exit.app.pipeline.context import RunContext
 from tests.conftest import REPO
 
 DEMO = REPO / "recipes" / "core" / "toy" / "demo.yaml"
@@ -21,8 +22,9 @@ def test_overrides_are_parsed_as_yaml():
 def test_unknown_key_names_its_path():
     with pytest.raises(ConfigError, match=r"unknown key 'train\.lr_rate' in the override 'train.lr_rate=0.1'"):
         load_recipe(DEMO, ["train.lr_rate=0.1"])  # blamed on the override that set it, not the file
+    recipe, _ = load_recipe(DEMO, ["model.hiden=3"])  # the model section is the domain's to check
     with pytest.raises(ConfigError, match=r"unknown key 'model\.hiden'.*did you mean 'hidden'"):
-        load_recipe(DEMO, ["model.hiden=3"])
+        RunContext(recipe)
     with pytest.raises(ConfigError, match=r"unknown key 'colour'"):
         load_recipe(DEMO, ["colour=red"])
 

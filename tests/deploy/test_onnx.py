@@ -25,7 +25,7 @@ def exported_text(tmp_path, arch="bert", int8=False, **kwargs):
     return load_any_model(tmp_path / "model")[0], load_any_model(tmp_path / "onnx")[0]
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert", "deberta-v2", "modernbert"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "deberta-v2", "modernbert", "llama", "gpt2", "gemma2"])
 def test_text_onnx_matches_pytorch_under_compaction(tmp_path, arch):
     model, onnx = exported_text(tmp_path, arch)
     batch = random_batch(8, 12, seed=6)

@@ -45,7 +45,7 @@ def tiny_backbone(arch: str, seed: int = 0):
     from transformers import AutoModel
 
     torch.manual_seed(seed)
-    config = TINY[arch]()
+    config = TINY[arch]() if arch in TINY else TINY_DECODERS[arch]()
     return AutoModel.from_config(config).eval()
 
 
@@ -72,3 +72,21 @@ def random_batch(batch: int, max_len: int, seed: int, pad_id: int = 0, vocab: in
         mask[i, :n] = 1
         ids[i, n:] = pad_id
     return {"input_ids": ids, "attention_mask": mask}
+
+
+_DECODER = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, bos_token_id=1,
+                eos_token_id=2,
+                pad_token_id=0)
+
+# Tiny random configs of the decoder-only families that run as early-exit classifiers.
+TINY_DECODERS = {
+    "gpt2": lambda: _config("GPT2Config", vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=2),
+    "llama": lambda: _config("LlamaConfig", **_DECODER, num_key_value_heads=2),  # grouped-query attention
+    "qwen2": lambda: _config("Qwen2Config", **_DECODER, num_key_value_heads=2),
+    "qwen3": lambda: _config("Qwen3Config", **_DECODER, num_key_value_heads=2, head_dim=8),
+    "mistral": lambda: _config("MistralConfig", **_DECODER, num_key_value_heads=2, sliding_window=4),  # sliding window
+    "gemma2": lambda: _config("Gemma2Config", **_DECODER, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                              query_pre_attn_scalar=8),  # alternating local/global layers, soft-capping
+    "phi3": lambda: _config("Phi3Config", **_DECODER, num_key_value_heads=2),
+}

@@ -63,10 +63,6 @@ def test_mask_is_rebuilt_for_kept_rows():
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: AutoModel.from_config(transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=32)), "is a decoder"),
-    (lambda: AutoModel.from_config(transformers.LlamaConfig(num_hidden_layers=2, hidden_size=16, intermediate_size=32,
-                                                            num_attention_heads=2, num_key_value_heads=2, vocab_size=32)),
-     "is a decoder"),
     (lambda: AutoModel.from_config(transformers.BartConfig(encoder_layers=1, decoder_layers=1, d_model=16, encoder_attention_heads=2,
                                                            decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16,
                                                            vocab_size=32)), "encoder-decoder"),
