@@ -104,7 +104,8 @@ class CalibrateCommand(RecipeCommand):
             "model), max:F (per-sample cap), stages:N, flops:2G, ms:15, p95:20ms, rtf:0.3.",
             (f"adaptive-exit calibrate {EXAMPLE_RECIPE} --budget mean:0.5",
              "adaptive-exit calibrate --model runs/sst2-pabee/model --budget mean:0.5 --levels mean:0.3,mean:0.7",
-             "adaptive-exit calibrate --model runs/speech-voicebank/model --budget p95:20ms --remeasure"))
+             "adaptive-exit calibrate --model runs/speech-voicebank/model --budget p95:20ms --remeasure",
+             "adaptive-exit calibrate --model runs/sst2-pabee/model --max-drop 1% --confidence 0.9 --learn-from train_rest"))
 
     def add_arguments(self, parser):
         recipe_arguments(parser, optional=True)
@@ -116,6 +117,13 @@ class CalibrateCommand(RecipeCommand):
                                                                         "table, comma-separated (e.g. mean:0.3,mean:0.7)")
         parser.add_argument("--remeasure", action="store_true",
                             help="measure latency again instead of using the profile cached in the model folder")
+        parser.add_argument("--max-drop", metavar="D", help="instead of a cost budget: the cheapest policy whose quality "
+                                                            "drop against the full model is at most D (metric units; "
+                                                            "1%% = 0.01 accuracy), certified (the budget drop:D)")
+        parser.add_argument("--confidence", metavar="C", help="the probability the --max-drop guarantee holds with "
+                                                              "(default: the recipe's calibrate.confidence, 0.9)")
+        parser.add_argument("--learn-from", metavar="SPLIT", help="fit a learned exit on this split's trace (kept out "
+                                                                  "of evaluation, e.g. train_rest) and add it to the candidates")
 
     def recipe(self, args):
         from adaptive_exit.app.config import load_recipe
@@ -133,7 +141,10 @@ class CalibrateCommand(RecipeCommand):
         pipeline = Pipeline(recipe)
         if args.model:
             pipeline.model_dir = Path(args.model)
-        result = pipeline.calibrate(args.budget, [b for b in args.levels.split(",") if b.strip()], remeasure=args.remeasure)
+        if args.max_drop is not None and args.budget:
+            raise ValueError("--max-drop D is the budget drop:D; give it or --budget, not both")
+        budget = f"drop:{args.max_drop}" if args.max_drop is not None else args.budget
+        result = pipeline.calibrate(budget, [b for b in args.levels.split(",") if b.strip()], remeasure=args.remeasure)
         if result is not None:
             print(calibration_summary(result, pipeline))
         return 0
@@ -158,6 +169,10 @@ class CalibrateCommand(RecipeCommand):
             raise ValueError("calibrate needs a recipe or --model RUN_DIR/model")
         if args.data:
             overrides.append(f"calibrate.split={args.data}")
+        if getattr(args, "confidence", None) is not None:
+            overrides.append(f"calibrate.confidence={args.confidence}")
+        if getattr(args, "learn_from", None):
+            overrides.append(f"calibrate.learn_from={args.learn_from}")
         return args.recipe, overrides
 
 

@@ -55,6 +55,8 @@ class CalibrateConfig:
     heldout_fraction: float = bounded(0.5, gt=0, lt=1)
     candidates: dict = field(default_factory=dict)
     levels: list = field(default_factory=list)  # more budgets calibrated into the model's budget table (run-time switching)
+    confidence: float = bounded(0.9, gt=0, lt=1)  # of drop: budgets (risk-controlled calibration)
+    learn_from: str | None = None  # a split kept out of evaluation (e.g. train_rest): fit a learned exit on it
 
 
 @dataclass

@@ -46,6 +46,8 @@ def run_summary(report: dict[str, Any], pipeline: Any) -> str:
 
 
 def _calibration_line(cal: dict[str, Any], primary: str | None = None) -> str:
+    if "max_drop" in cal:
+        return _certified_line(cal)
     held = cal.get("heldout") or cal["calibration"]
     part = "held-out half" if cal.get("heldout") else "calibration data"
     metric = primary or next((k for k in held if k not in ("achieved", "unit", "cost_fraction", "mean_stages",
@@ -64,3 +66,14 @@ def calibration_summary(report: dict[str, Any], pipeline: Any) -> str:
                  f"({Path(pipeline.model_dir) / 'budget_policies.json'}) lists every calibrated budget; "
                  f"run with --budget {report['budget']} to pick it. Report: {Path(pipeline.run_dir) / 'calibration.json'}.")
     return "\n".join(lines)
+
+
+def _certified_line(cal: dict[str, Any]) -> str:
+    policy = cal["policy"] if len(cal["policy"]) <= 60 else cal["policy"][:40] + "..."
+    line = (f"Certified {cal['budget']} ({cal['metric']}, {100 * cal['confidence']:g}% confidence, "
+            f"{cal['certified']} of {cal['tested']} candidates pass): {policy} -> on the calibration data: drop "
+            f"{cal['drop']:.4g} (certified bound {cal['bound']:.4g}), {cal['speedup']:.2f}x")
+    held = cal.get("heldout")
+    if held:
+        line += f"; held-out half: drop {held['drop']:.4g}, {held['speedup']:.2f}x"
+    return line + "."

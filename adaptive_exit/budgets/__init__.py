@@ -18,6 +18,10 @@ cumulative cost after each stage in that unit.
 Units (:mod:`.units`), kinds (:mod:`.kinds`), calibration (:mod:`.calibration`), the
 model folder's table (:mod:`.table`), cost models (:mod:`.costs`).
 
+Risk-controlled calibration (:mod:`.risk`) answers the converse question: the cheapest
+policy whose quality drop against the full model is at most a given value, with a stated
+confidence (Learn-then-Test).
+
 Calibration replays candidate policies on development traces, keeps those that
 meet the budget and picks the best quality (ties: the cheaper one). The report
 gives the achieved cost and quality on a held-out part next to the target.
@@ -25,10 +29,11 @@ gives the achieved cost and quality on a held-out part next to the target.
 from __future__ import annotations
 
 from .calibration import Calibration, calibrate, candidate_policies, split_indices, split_trace
+from .risk import Certified, certify
 from .kinds import BudgetKind, BudgetSpec, budget_kind, known_budget_kinds, register_budget_kind
 from .table import BUDGET_TABLE_FILE, BudgetTable, check_request_options, policy_for_request
 from .units import CostUnit, cost_unit, register_cost_unit
 
-__all__ = ["BUDGET_TABLE_FILE", "BudgetKind", "BudgetSpec", "BudgetTable", "Calibration", "CostUnit", "budget_kind",
+__all__ = ["BUDGET_TABLE_FILE", "BudgetKind", "BudgetSpec", "BudgetTable", "Calibration", "Certified", "certify", "CostUnit", "budget_kind",
            "calibrate", "candidate_policies", "check_request_options", "cost_unit", "known_budget_kinds", "policy_for_request",
            "register_budget_kind", "register_cost_unit", "split_indices", "split_trace"]

@@ -60,6 +60,8 @@ def calibrate(
     """
     budget = BudgetSpec.parse(budget)
     kind = budget.kind_of
+    if kind.risk:
+        raise ValueError(f"{budget} is a quality guarantee, not a cost: calibrate it with budgets.certify")
     if trace.num_samples == 0:
         raise ValueError("cannot calibrate on an empty trace")
     policies = [build_policy(c) for c in candidates]

@@ -33,6 +33,7 @@ class BudgetKind:
     suffixes: dict[str, float] = {}
     description = ""
     quantile: float | None = None  # the per-sample quantile measured (None: the mean; 1.0: the maximum)
+    risk = False  # a quality guarantee (drop:), calibrated by risk control instead of by cost
 
     @classmethod
     def for_name(cls, name: str) -> "BudgetKind | None":
@@ -169,6 +170,21 @@ class MeanRtf(BudgetKind):
     name, unit = "rtf", "rtf"
 
 
+@register_budget_kind
+class QualityDrop(BudgetKind):
+    """``drop:0.01``: the cheapest policy whose quality drop against the full model is at most
+    0.01 (in the metric's units: accuracy is a fraction, so 1 point; ``1%`` is the same), with
+    the calibration's stated confidence. A quality guarantee rather than a cost: calibrated by
+    :func:`adaptive_exit.budgets.risk.certify`, never met or missed by a cost."""
+
+    name, unit = "drop", "fraction"
+    risk = True
+
+    def check(self, value: float) -> None:
+        if value < 0:
+            raise ValueError("the allowed drop must be >= 0")
+
+
 @dataclass(frozen=True)
 class BudgetSpec:
     """A parsed budget ``KIND:VALUE``; ``str()`` writes it back canonically."""
@@ -182,7 +198,7 @@ class BudgetSpec:
             return text
         raw_text = str(text)
         name, sep, raw = raw_text.partition(":")
-        example = "e.g. 'mean:0.5', 'max:0.5', 'stages:3', 'flops:2G', 'ms:15', 'p95:20ms', 'rtf:0.3'"
+        example = "e.g. 'mean:0.5', 'max:0.5', 'stages:3', 'flops:2G', 'ms:15', 'p95:20ms', 'rtf:0.3', 'drop:0.01'"
         if not sep:
             hint = ""
             try:

@@ -42,6 +42,7 @@ class Metric:
     higher_is_better: bool = True
     stored: bool = False
     description: str = ""
+    bounds: tuple[float, float] | None = None  # the per-sample quality's range, for risk-controlled calibration
 
     def key(self, value: float) -> float:
         """A number where larger always means better (for max() and sorting)."""
@@ -162,7 +163,7 @@ def _correlation(kind: str) -> CorpusFn:
 
 
 for _metric in (
-    Metric("accuracy", _accuracy, correct_per_sample, description="share of samples whose argmax is the label"),
+    Metric("accuracy", _accuracy, correct_per_sample, bounds=(0.0, 1.0), description="share of samples whose argmax is the label"),
     Metric("f1", _f1("binary"), correct_per_sample, description="F1 of class 1 (binary tasks)"),
     Metric("f1_macro", _f1("macro"), correct_per_sample, description="unweighted mean of per-class F1"),
     Metric("mcc", _mcc, correct_per_sample, description="Matthews correlation coefficient"),

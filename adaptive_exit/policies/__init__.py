@@ -18,10 +18,11 @@ from .base import AllOf, AnyOf, ExitPolicy, PolicyState, known_policies, registe
 from .cap import Budget
 from .confidence import CONFIDENCE_MEASURES, Confidence
 from .grammar import build_policy
+from .learned import Learned
 from .patience import Patience
 from .reference import Never, Oracle
 from .signals import DISTANCES, abs_distance, entropy, l2_distance, relative_distance
 
-__all__ = ["AllOf", "AnyOf", "Budget", "CONFIDENCE_MEASURES", "Confidence", "DISTANCES", "ExitPolicy", "Never", "Oracle",
+__all__ = ["AllOf", "AnyOf", "Budget", "CONFIDENCE_MEASURES", "Confidence", "DISTANCES", "ExitPolicy", "Learned", "Never", "Oracle",
            "Patience", "PolicyState", "abs_distance", "build_policy", "entropy", "known_policies", "l2_distance",
            "register_policy", "registered", "relative_distance"]

@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 QUALITY_METRICS = ("pesq", "stoi", "estoi", "si_sdr")
 _DESCRIPTIONS = {"pesq": "wide-band PESQ (ITU-T P.862.2)", "stoi": "short-time objective intelligibility",
                  "estoi": "extended STOI", "si_sdr": "scale-invariant signal-to-distortion ratio, dB"}
+_BOUNDS = {"pesq": (1.0, 4.64), "stoi": (0.0, 1.0), "estoi": (0.0, 1.0)}  # SI-SDR has no range
 for _name in QUALITY_METRICS:  # computed per utterance and stage into the trace (SpeechDomain.quality)
-    register_metric(Metric(_name, stored=True, description=_DESCRIPTIONS[_name]))
+    register_metric(Metric(_name, stored=True, description=_DESCRIPTIONS[_name], bounds=_BOUNDS.get(_name)))
 
 
 @dataclass

@@ -55,3 +55,17 @@ def test_real_sst2_dev_reads_cleanly(data_dir):
 def test_real_stsb_dev_reads_cleanly(data_dir):
     rows = read_glue_tsv(data_dir / "glue_stsb" / "dev.tsv", TASKS["stsb"])
     assert len(rows) == 1500
+
+
+def test_train_rest_is_the_training_rows_the_subset_left_out(tmp_path):
+    from adaptive_exit.text.domain import TextDataConfig, TextDomain
+
+    rows = "".join(f"sentence number {i}\t{i % 2}\n" for i in range(50))
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    domain = TextDomain()
+    cfg = TextDataConfig(task="sst2", data_dir=str(tmp_path), train_subset=30)
+    used, rest = domain.load_split(cfg, "train", 0), domain.load_split(cfg, "train_rest", 0)
+    assert len(used) == 30 and len(rest) == 20
+    assert {r["text"] for r in used}.isdisjoint({r["text"] for r in rest})  # no row both trained on and held out
+    with pytest.raises(ValueError, match="trains on all 50"):
+        domain.load_split(TextDataConfig(task="sst2", data_dir=str(tmp_path)), "train_rest", 0)

@@ -68,4 +68,4 @@ def register_conll_metrics() -> None:
         register_metric(Metric(f"entity_{part}", lambda o, t, part=part: entity_scores(o, t)[part], entity_errors,
                                description=f"entity-level {part} (seqeval, CoNLL-2003 tags)"))
     register_metric(Metric("token_accuracy", token_accuracy, token_accuracy_per_sample,
-                           description="share of labelled tokens tagged right"))
+                           description="share of labelled tokens tagged right", bounds=(0.0, 1.0)))
