@@ -28,7 +28,7 @@ import torch
 
 from adaptive_exit.app.config import load_recipe
 from adaptive_exit.app.pipeline import Pipeline
-from adaptive_exit.budgets import certify, split_trace
+from adaptive_exit.budgets import certify, split_indices
 from adaptive_exit.evaluation import per_sample_quality
 from adaptive_exit.evaluation.scoring import oracle_exit_stage, score
 from adaptive_exit.policies import Learned, build_policy
@@ -58,9 +58,8 @@ def families_for(learned: Learned, fit_trace: Trace) -> dict[str, list[str]]:
     return grids
 
 
-def at_speedup(trace: Trace, specs: list[str], speedup: float) -> tuple[str, object] | None:
+def at_speedup(runs: list[tuple[str, object]], speedup: float) -> tuple[str, object] | None:
     """The most conservative setting reaching ``speedup`` (chosen from costs alone, no labels)."""
-    runs = [(spec, replay(trace, spec)) for spec in specs]
     fitting = [(s, r) for s, r in runs if r.speedup >= speedup * (1 - 1e-9)]
     return min(fitting, key=lambda item: item[1].speedup) if fitting else None
 
@@ -70,9 +69,10 @@ def equal_cost_table(trace: Trace, families: dict[str, list[str]], metric: str, 
                                                                                     trace.num_stages - 1), metric)}]
     oracle = trace.result(oracle_exit_stage(trace, metric))
     rows.append({"policy": "oracle", "speedup": oracle.speedup, metric: score(trace, oracle.exit_stage, metric)})
+    replays = {family: [(spec, replay(trace, spec)) for spec in specs] for family, specs in families.items()}
     for target in speedups:
-        for family, specs in families.items():
-            found = at_speedup(trace, specs, target)
+        for family in families:
+            found = at_speedup(replays[family], target)
             if found is None:
                 rows.append({"policy": family, "target": target, "speedup": None, metric: None, "spec": None})
                 continue
@@ -84,11 +84,14 @@ def equal_cost_table(trace: Trace, families: dict[str, list[str]], metric: str, 
 
 def validity(trace: Trace, families: dict[str, list[str]], metric: str, max_drop: float, confidence: float,
              splits: int) -> dict:
-    chains = [specs for name, specs in families.items()]
+    chains = [[build_policy(spec).spec() for spec in specs] for specs in families.values()]
+    whole = {spec: replay(trace, spec).exit_stage for chain in chains for spec in chain}  # policies exit per sample
     drops, speedups, bounds, chosen = [], [], [], {}
     for seed in range(splits):
-        cal, test = split_trace(trace, 0.5, seed)
-        result = certify(cal, chains, metric, max_drop, confidence, heldout=test, seed=seed)
+        cal_index, test_index = split_indices(trace.num_samples, 0.5, seed)
+        cal, test = trace.subset(cal_index), trace.subset(test_index)
+        result = certify(cal, chains, metric, max_drop, confidence, heldout=test, seed=seed,
+                         exits={spec: stages[cal_index] for spec, stages in whole.items()})
         drops.append(result.heldout["drop"])
         speedups.append(result.heldout["speedup"])
         bounds.append(result.bound)

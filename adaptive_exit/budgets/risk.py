@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -109,9 +109,14 @@ class DropLosses:
 
 
 def certify(trace: Trace, families: Sequence[Sequence[str | dict | ExitPolicy]], metric: str, max_drop: float,
-            confidence: float = 0.9, heldout: Trace | None = None, seed: int = 0) -> Certified:
+            confidence: float = 0.9, heldout: Trace | None = None, seed: int = 0,
+            exits: Mapping[str, torch.Tensor] | None = None) -> Certified:
     """Learn-then-Test over ``families`` (each a list of policies of one monotone family,
-    e.g. entropy thresholds): the cheapest certified policy."""
+    e.g. entropy thresholds): the cheapest certified policy.
+
+    ``exits`` optionally maps a policy's spec to its exit stages on ``trace``, already
+    replayed: per-sample policies exit each sample alone, so a caller that certifies many
+    random splits of one trace replays each policy once (``benchmarks/learned_exit.py``)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if not max_drop >= 0:
@@ -125,8 +130,12 @@ def certify(trace: Trace, families: Sequence[Sequence[str | dict | ExitPolicy]],
     alpha = losses.threshold(max_drop)
     certified: list[tuple[float, ExitPolicy, np.ndarray]] = []
     tested = 0
+    def replayed(policy: ExitPolicy):
+        known = exits.get(policy.spec()) if exits is not None else None
+        return replay(trace, policy) if known is None else trace.result(known)
+
     for family in families:
-        runs = [(p, replay(trace, p)) for p in (build_policy(c) for c in family)]
+        runs = [(p, replayed(p)) for p in (build_policy(c) for c in family)]
         runs.sort(key=lambda item: -item[1].cost_fraction)  # most expensive first: the fixed sequence
         for policy, result in runs:
             tested += 1
@@ -136,7 +145,7 @@ def certify(trace: Trace, families: Sequence[Sequence[str | dict | ExitPolicy]],
             certified.append((result.cost_fraction, policy, unit))
     if certified:
         cost, policy, unit = min(certified, key=lambda item: item[0])
-        result = replay(trace, policy)
+        result = replayed(policy)
     else:
         policy = build_policy("full")
         result = replay(trace, policy)

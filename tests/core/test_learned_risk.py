@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adaptive_exit.app.cli import main
-from adaptive_exit.budgets import BudgetSpec, BudgetTable, certify, split_trace
+from adaptive_exit.budgets import BudgetSpec, BudgetTable, certify, split_indices, split_trace
 from adaptive_exit.budgets.risk import wsr_p_value, wsr_upper_bound
 from adaptive_exit.policies import Learned, build_policy
 from adaptive_exit.runtime.traces import Trace, replay
@@ -98,6 +98,13 @@ def test_certify_picks_the_cheapest_policy_within_the_drop_and_holds_out_of_samp
         speedups.append(result.heldout["speedup"])
     assert violations / 40 <= 0.1 + 0.05  # the guarantee (with room for the test half's own noise)
     assert np.mean(speedups) > 1.2  # and it buys something
+    # exit stages replayed once on the whole trace and indexed per split give the same answer
+    whole = {build_policy(spec).spec(): replay(test, spec).exit_stage for family in families for spec in family}
+    cal_index, held_index = split_indices(test.num_samples, 0.5, 3)
+    again = certify(test.subset(cal_index), families, "accuracy", 0.02, 0.9, heldout=test.subset(held_index), seed=3,
+                    exits={spec: stages[cal_index] for spec, stages in whole.items()})
+    cal, held = split_trace(test, 0.5, 3)
+    assert again == certify(cal, families, "accuracy", 0.02, 0.9, heldout=held, seed=3)
     # nothing certifiable: the full model (drop 0) is the answer
     cal, _ = split_trace(test, 0.5, 0)
     strict = certify(cal, [["budget:max_stages=1"]], "accuracy", max_drop=0.0, confidence=0.9)

@@ -1,11 +1,14 @@
 """Token reduction inside the encoder runner (TR-BERT policies, LTP thresholds): exactness,
 per-row packing, [CLS], FLOPs, and the REINFORCE signal."""
+import math
+
 import pytest
 import torch
 
 from adaptive_exit.runtime.runner import EarlyExitRunner
 from adaptive_exit.text.modeling import EarlyExitConfig, EarlyExitForSequenceClassification
 from adaptive_exit.runtime.traces import record_trace, replay
+from adaptive_exit.text.token_reduction.reducer import attention_received
 
 from .helpers import random_batch, tiny_backbone
 
@@ -62,6 +65,28 @@ def test_rows_keeping_different_counts_equal_each_row_alone(method):
         torch.testing.assert_close(alone.cost[0], batched.cost[i])
         fractions.append(float(alone.fractions[0]))
     assert len({round(f, 4) for f in fractions}) > 2  # rows really kept different shares
+
+
+def test_ltp_importance_is_the_attention_the_layer_computed():
+    """LTP reuses the layer's own query/key projections: its importance equals the attention
+    each real token receives, recomputed here the padded way from the layer's input."""
+    model = tr_model("bert", method="ltp")
+    batch = random_batch(4, 12, seed=7)
+    model.reducer.mode = "off"
+    state = model.begin(batch)
+    layer_input, mask = state["hidden"], state["mask2d"]
+    state = model.run_stage(0, state)
+    attn = model.adapter.layer(0).attention.self
+    b, t, h = layer_input.shape
+    heads, size = attn.num_attention_heads, h // attn.num_attention_heads
+    q = attn.query(layer_input).view(b, t, heads, size).transpose(1, 2)
+    k = attn.key(layer_input).view(b, t, heads, size).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(size)).masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    real = mask.to(scores.dtype)[:, None, :, None]
+    expected = (scores.softmax(-1) * real).sum((1, 2)) / heads * mask.to(scores.dtype)
+    got = attention_received(model.adapter.layer(0), state["layer_query"], state["layer_key"], mask)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(got.sum(1), mask.sum(1).to(got.dtype))  # each real query spreads one unit of attention
 
 
 def test_cls_is_never_dropped_and_packing_cuts_the_batch():

@@ -53,8 +53,6 @@ class FlopModel:
                     if model.reducer is not None and k in model.reducer.layers:
                         with flop_counter() as counter:
                             previous = model.adapter.layer(k - 1) if model.reducer.cfg.method == "ltp" else None
-                            if previous is not None:
-                                state["layer_input"] = state["hidden"]
                             model.reducer.keep_probability(k, state["hidden"], state, previous)
                         selection_counts.setdefault(k, []).append(float(counter.get_total_flops()))
                     with flop_counter() as counter:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .flops import FlopModel
-from .reducer import TokenReducer, TokenReductionConfig
+from .reducer import TokenReducer, TokenReductionConfig, attention_modules
 from .selection import select_tokens, verify_packing
 
 
@@ -17,7 +17,7 @@ class TokenReduction:
     has per-sample costs (:class:`~adaptive_exit.runtime.staged.PerSampleCosts`)."""
 
     row_state = {"positions": "columns", "original_counts": "rows", "select_nll": "rows", "kept_fractions": "rows",
-                 "soft_masks": "rows", "soft_mask": "columns", "importance": "columns", "layer_input": "columns",
+                 "soft_masks": "rows", "soft_mask": "columns", "importance": "columns", "layer_query": "columns", "layer_key": "columns",
                  "counts_before_selection": "rows", "imitate": "rows", "guide_positions": "columns"}
 
     def _attach_reducer(self, config, hidden: int) -> None:
@@ -37,11 +37,25 @@ class TokenReduction:
         if self.reducer.mode != "off" and k in self.reducer.layers:
             state = select_tokens(self, k, state)
         if self.reducer.cfg.method == "ltp" and k + 1 in self.reducer.layers:
-            state["layer_input"] = state["hidden"]  # LTP scores tokens by the attention they get in this layer
-        state = super().run_stage(k, state)
+            state = self._run_capturing_query_key(k, state)  # LTP scores tokens by the attention they get here
+        else:
+            state = super().run_stage(k, state)
         if state.get("soft_mask") is not None:
             state["hidden"] = state["hidden"] * state["soft_mask"].unsqueeze(-1)
         return state
+
+    def _run_capturing_query_key(self, k: int, state: dict[str, Any]) -> dict[str, Any]:
+        """Layer k, keeping its own query and key projections for the next selection point."""
+        _, query, key = attention_modules(self.adapter.layer(k))
+        captured: dict[str, Tensor] = {}
+        hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+                 for name, module in (("layer_query", query), ("layer_key", key))]
+        try:
+            state = super().run_stage(k, state)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return {**state, **captured}
 
     # -- per-sample costs
     def sample_cost(self, k: int, state: dict[str, Any]) -> Tensor:
