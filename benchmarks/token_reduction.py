@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import results_path, add_save_flag  # noqa: E402
 
 RUNS = {"base (layer exits only)": "runs/imdb-pabee", "TR-BERT": "runs/imdb-trbert", "LTP": "runs/imdb-ltp"}
+SHORT = {"base": "base (layer exits only)", "trbert": "TR-BERT", "ltp": "LTP"}
 
 
 def labels_of(batches) -> torch.Tensor:
@@ -70,11 +71,16 @@ def main() -> None:
     parser.add_argument("--timing-samples", type=int, default=128, help="reviews timed at batch 32 (default 128)")
     parser.add_argument("--timing-samples-b1", type=int, default=32, help="reviews timed at batch 1 (default 32)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--runs", nargs="+", choices=sorted(SHORT), default=sorted(SHORT),
+                        help="which runs to measure (the base is always needed: speed-ups are against it)")
+    parser.add_argument("--output", default="token_reduction.json", help="file name of the JSON written")
     add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for name, run in RUNS.items():
+        if name != SHORT["base"] and name not in {SHORT[r] for r in args.runs}:
+            continue
         if not (Path(run) / "model").is_dir():
             print(f"  skipping {name}: {run}/model not found (run its recipe first)")
             continue
@@ -107,7 +113,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['policy']} | {r['accuracy']:.4f} | {r['accuracy_change_points']:+.2f} | {r['flops_speedup']:.2f}x | "
               f"{r['mean_layers']:.2f} | {r['wall_speedup_b32']:.2f}x | {r['wall_speedup_b1']:.2f}x |")
-    out = results_path("token_reduction.json", args.save)
+    out = results_path(args.output, args.save)
     out.write_text(json.dumps({"threads": args.threads, "machine": platform.processor() or platform.machine(),
                                "torch": torch.__version__, "rows": rows}, indent=2))
     print(f"wrote {out}")

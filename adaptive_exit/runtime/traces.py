@@ -77,14 +77,17 @@ class Trace:
         """Each sample's output at its own exit stage."""
         return self.outputs[torch.arange(self.num_samples), exit_stage]
 
-    def result(self, exit_stage: Tensor) -> ExitResult:
+    def result(self, exit_stage: Tensor, with_output: bool = True) -> ExitResult:
         """The result of exiting each sample at ``exit_stage``: its output and its cost
-        (per-sample costs when the trace has them, else the stage costs)."""
+        (per-sample costs when the trace has them, else the stage costs). ``with_output=False``
+        leaves the output empty, for callers that need only costs (speech outputs are whole
+        spectra: gathering them dominated risk calibration over many splits)."""
         if self.counted_costs is not None:
             cost = self.counted_costs[torch.arange(self.num_samples), exit_stage]
         else:
             cost = torch.tensor(self.stage_costs, dtype=torch.float64).cumsum(0)[exit_stage]
-        return ExitResult(self.stage_output(exit_stage), exit_stage, cost, self.num_stages, self.full_cost,
+        output = self.stage_output(exit_stage) if with_output else self.outputs.new_empty(0)
+        return ExitResult(output, exit_stage, cost, self.num_stages, self.full_cost,
                           reference_cost=self.reference_costs)
 
     def subset(self, index: Tensor | list[int]) -> "Trace":

@@ -108,7 +108,7 @@ def test_certify_picks_the_cheapest_policy_within_the_drop_and_holds_out_of_samp
     # nothing certifiable: the full model (drop 0) is the answer
     cal, _ = split_trace(test, 0.5, 0)
     strict = certify(cal, [["budget:max_stages=1"]], "accuracy", max_drop=0.0, confidence=0.9)
-    assert strict.policy == "full" and strict.speedup == 1.0 and strict.certified == 0
+    assert strict.policy == "full" and strict.speedup == 1.0 and strict.certified == 0 and strict.bound == 0.0
 
 
 def test_drop_budgets_parse_and_live_in_the_budget_table():
