@@ -2,6 +2,7 @@
 :class:`BudgetSpec`. A new kind is one subclass decorated with :func:`register_budget_kind`."""
 from __future__ import annotations
 
+import decimal
 import math
 import re
 from dataclasses import dataclass
@@ -46,15 +47,19 @@ class BudgetKind:
 
     def parse_value(self, raw: str) -> float:
         text = raw.strip().lower()
-        scale = 1.0
+        scale = decimal.Decimal(1)
         if text.endswith("%"):
-            text, scale = text[:-1], 0.01
+            text, scale = text[:-1], decimal.Decimal("0.01")
         else:
             for suffix, factor in sorted(self.suffixes.items(), key=lambda item: -len(item[0])):
                 if suffix and text.endswith(suffix):
-                    text, scale = text[: -len(suffix)], factor
+                    text, scale = text[: -len(suffix)], decimal.Decimal(repr(factor))
                     break
-        value = float(text) * scale  # ValueError for anything that is not a number
+        float(text)  # ValueError for anything that is not a number
+        try:  # scaled in decimal, so "41%" is 0.41 and writes back as itself (41 * 0.01 is 0.41000000000000003 in floats)
+            value = float(decimal.Decimal(text) * scale)
+        except decimal.DecimalException:
+            raise ValueError(f"{raw.strip()!r} is not a finite number") from None
         if not math.isfinite(value):
             raise ValueError(f"{raw.strip()!r} is not a finite number")
         return value

@@ -3,7 +3,7 @@ or a clean ValueError, never another exception."""
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from adaptive_exit.budgets import BudgetSpec
@@ -46,6 +46,8 @@ def test_policy_dicts_parse_or_fail_cleanly(spec):
 
 
 @settings(max_examples=400, deadline=None)
+@example("MEAN:41%")  # once 0.41000000000000003, written back as 0.41 (percentages scale in decimal)
+@example("drop:4.1%")
 @given(st.one_of(st.text(max_size=20), st.builds(lambda k, v: f"{k}:{v}",
                                                  st.sampled_from(["mean", "max", "stages", "flops", "ms", "p95", "p0", "p100", "rtf", "x"]),
                                                  st.text(alphabet="0123456789.-+eEinfaGgkKmMsT%", max_size=10))))
