@@ -177,7 +177,7 @@ UNSAFE_ADVICE = re.compile(r"[^.]*weights_only\s*=\s*False[^.]*\.?", re.I)
 
 def _one_line(exc: BaseException) -> str:
     """The error as one line, without library advice to do the unsafe thing (torch suggests
-    ``weights_only=False``, which would unpickle arbitrary objects)."""
+    turning its weights-only loading off, which would unpickle arbitrary objects)."""
     text = " ".join(UNSAFE_ADVICE.sub("", str(exc)).split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
