@@ -48,13 +48,12 @@ def quantile_grid(template: str, trace: Trace, count: int = 150) -> list[str]:
 def families_for(learned: Learned, fit_trace: Trace) -> dict[str, list[str]]:
     """Every family's grid: heuristics for logits (entropy, max-prob, patience) or for
     values and signals (patience on the relative distance), and the learned exit."""
-    weights = learned.spec().split(",w=", 1)[1]
     if learned.kind == "logits":
         grids = {"entropy": quantile_grid("entropy:{}", fit_trace), "max_prob": quantile_grid("max_prob:{}", fit_trace),
                  "patience": [f"patience:{p}" for p in range(1, fit_trace.num_stages)]}
     else:
         grids = {"patience_distance": quantile_grid("patience:1,threshold={},distance=relative", fit_trace)}
-    grids["learned"] = quantile_grid(f"learned:{{}},kind={learned.kind},w={weights}", fit_trace)
+    grids["learned"] = quantile_grid(learned.template(), fit_trace)
     return grids
 
 

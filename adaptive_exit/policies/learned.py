@@ -129,9 +129,14 @@ class Learned(ExitPolicy):
         features = stage_features(self.kind, outputs)
         return torch.cat([self.probability(k, features[:, k]) for k in range(self.num_stages - 1)])
 
-    def spec(self):
+    def template(self) -> str:
+        """The spec with ``{}`` in place of the threshold: the family a grid of thresholds
+        sweeps (calibration candidates, benchmarks)."""
         weights = ";".join(f"{v:.6g}" for v in self.weights.reshape(-1).tolist())
-        return f"learned:{self.threshold:g},kind={self.kind},w={weights}"
+        return f"learned:{{}},kind={self.kind},w={weights}"
+
+    def spec(self):
+        return self.template().format(f"{self.threshold:g}")
 
     @classmethod
     def fit(cls, outputs: Tensor, quality: Tensor, threshold: float = 0.5, kind: str | None = None,

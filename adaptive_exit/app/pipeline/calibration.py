@@ -57,7 +57,7 @@ class CalibrateStep:
             raise ValueError("no candidate policies: set calibrate.candidates or eval.sweeps")
         if cal.learn_from:
             learned = self._learned = getattr(self, "_learned", None) or self.learned_policy()
-            families[learned.spec().replace(f"learned:{learned.threshold:g}", "learned:{}", 1)] = "quantiles:20"
+            families[learned.template()] = "quantiles:20"
         return families
 
     def learned_policy(self) -> Learned:
